@@ -388,8 +388,11 @@ pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent>> + Send + 's
 ///   above the current one is `INVALID_ARGUMENT`.
 /// - **Durability.** When `txn` returns `Committed`, the commit is durable as the backend
 ///   documents: in memory for [`MemoryStore`]; on disk (synced) for the embedded store; in the
-///   database for PostgreSQL. An error from `txn` means the outcome is unknown only if the
-///   backend says so; the built-in backends apply nothing on error.
+///   database for PostgreSQL. An error from `txn` for invalid input, or before the commit was
+///   attempted, means nothing was applied. An I/O error during a durable commit leaves the
+///   outcome unknown, as with any database whose acknowledgement is lost: the transaction is
+///   either wholly applied or not at all, and the caller re-reads to find out (a
+///   compare-and-set retried after a re-read is safe).
 /// - **Limits.** Every backend enforces [`Txn::check`] and [`RangeRequest::effective_limit`].
 #[async_trait]
 pub trait StateStore: Send + Sync + fmt::Debug + 'static {
