@@ -13,7 +13,7 @@ use std::{
 use aesp_core::{
     Error, ErrorCode, EventKind, KeyValue, RangePage, RangeRequest, Result, Revision, StateStore,
     StateStoreOptions, Txn, TxnOutcome, WatchEvent, WatchStream,
-    state::{Compare, Op, check_key},
+    state::{Compare, Op, Progress, check_key, lazy_watch},
 };
 use async_trait::async_trait;
 use redb::{
@@ -676,15 +676,12 @@ impl StateStore for EmbeddedStore {
         if from < compacted {
             return Err(Error::compacted(from, compacted));
         }
-        let watcher = Watcher {
-            store: self.clone(),
-            changed: self.inner.notify.subscribe(),
-            prefix: prefix.to_vec(),
-            next: from,
-            buffer: VecDeque::new(),
-            done: false,
-        };
-        Ok(Box::pin(futures_util::stream::unfold(watcher, Watcher::next_event)))
+        // The stream holds the store (and so the database) open while it lives.
+        let store = self.clone();
+        let prefix = prefix.to_vec();
+        Ok(lazy_watch(from, self.inner.notify.subscribe(), move |next, out| {
+            Ok(Progress { next: store.read()?.changes(&prefix, next, out)? })
+        }))
     }
 
     async fn current_revision(&self) -> Result<Revision> {
@@ -697,43 +694,5 @@ impl StateStore for EmbeddedStore {
 
     async fn compact(&self, revision: Revision) -> Result<()> {
         self.send(|reply| Request::Compact(revision, reply)).await
-    }
-}
-
-/// A watcher reads committed history lazily, in batches, from its own read snapshots.
-struct Watcher {
-    store: EmbeddedStore,
-    changed: watch::Receiver<Revision>,
-    prefix: Vec<u8>,
-    next: Revision,
-    buffer: VecDeque<WatchEvent>,
-    done: bool,
-}
-
-impl Watcher {
-    async fn next_event(mut self) -> Option<(Result<WatchEvent>, Self)> {
-        loop {
-            if let Some(event) = self.buffer.pop_front() {
-                return Some((Ok(event), self));
-            }
-            if self.done {
-                return None;
-            }
-            self.changed.borrow_and_update();
-            let read = self.store.read().and_then(|s| s.changes(&self.prefix, self.next, &mut self.buffer));
-            match read {
-                Ok(next) => {
-                    let progressed = next > self.next;
-                    self.next = next;
-                    if !progressed && self.buffer.is_empty() && self.changed.changed().await.is_err() {
-                        return None;
-                    }
-                }
-                Err(error) => {
-                    self.done = true;
-                    return Some((Err(error), self));
-                }
-            }
-        }
     }
 }

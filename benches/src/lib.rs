@@ -1,1 +1,158 @@
-//! Benchmarks of the AESP crates live in `benches/`; this library is empty.
+//! Fixtures shared by the benchmarks in `benches/` (the benchmarks themselves are there).
+
+use std::collections::BTreeMap;
+
+use aesp_core::proto::v1::{PolicyDefinition, PolicyRule, PrincipalType, RoleDefinition, Value};
+use aesp_host::{Caller, Host};
+use aesp_policy::{AttributeType, Schema, SnapshotBuilder, Stage};
+
+/// The tenant of the benchmark requests.
+pub const TENANT: &str = "acme";
+
+/// The role hierarchy, most senior first: each role inherits the one after it.
+pub const ROLES: [(&str, &str); 5] = [
+    ("director", "tool:hr.*:read"),
+    ("manager", "files/**:read"),
+    ("lead", "tool:crm.*:read"),
+    ("senior", "tool:reports.*:read"),
+    ("analyst", "tool:sql.*:invoke"),
+];
+
+/// A policy: (id, effect, applies_to, actions, condition).
+pub type PolicySpec =
+    (&'static str, &'static str, &'static [&'static str], &'static [&'static str], &'static str);
+
+/// Ten policies, of which three apply to an `invoke` of `tool:sql.query` (an ALLOW whose
+/// condition holds, an AUDIT whose condition holds for a request of estimated cost above 10,
+/// a DENY whose condition does not hold for a caller in 10.0.0.0/8) and seven concern other
+/// resources or actions.
+pub const POLICIES: [PolicySpec; 10] = [
+    (
+        "sql-analysts",
+        "ALLOW",
+        &["tool:sql.*"],
+        &["invoke"],
+        "'analyst' in request.user.roles && request.estimated_cost <= request.user.spending_limit",
+    ),
+    ("expensive", "AUDIT", &["tool:**"], &[], "request.estimated_cost > 10.0"),
+    (
+        "outside-network",
+        "DENY",
+        &["tool:sql.*"],
+        &["invoke"],
+        "!cidr('10.0.0.0/8').containsIP(request.source_ip)",
+    ),
+    ("refund-limit", "DENY", &["tool:payments.refund"], &["invoke"], "request.params.amount > 1000"),
+    ("crm-read", "ALLOW", &["tool:crm.*"], &["read"], "request.user.mfa_verified"),
+    ("files-delete", "DENY", &["files/**"], &["delete"], "!('admin' in request.user.roles)"),
+    ("hr-access", "AUDIT", &["tool:hr.*"], &[], "true"),
+    ("reports", "ALLOW", &["tool:reports.*"], &["read"], "request.time.getHours() >= 9"),
+    ("sql-admin", "DENY", &["tool:sql.admin"], &[], "request.user.clearance != 'top_secret'"),
+    ("sql-write", "ALLOW", &["tool:sql.*"], &["write"], "'lead' in request.user.roles"),
+];
+
+/// The attribute declarations the ten policies need.
+///
+/// # Panics
+/// Never for the fixed declaration (a bug in the fixture otherwise).
+#[expect(clippy::expect_used, reason = "a fixed fixture; failing to build it is a bug")]
+pub fn schema() -> Schema {
+    Schema::new().with_principal_attribute("spending_limit", AttributeType::Double).expect("schema")
+}
+
+fn role_definition(index: usize) -> Option<RoleDefinition> {
+    let (role, permission) = ROLES.get(index)?;
+    let parents = ROLES.get(index + 1).map(|(parent, _)| vec![(*parent).to_owned()]).unwrap_or_default();
+    Some(RoleDefinition {
+        role_id: (*role).to_owned(),
+        parent_roles: parents,
+        permissions: vec![(*permission).to_owned()],
+        ..Default::default()
+    })
+}
+
+fn policy_definition((id, effect, applies_to, actions, condition): PolicySpec) -> PolicyDefinition {
+    PolicyDefinition {
+        policy_id: id.to_owned(),
+        version: "1.0.0".to_owned(),
+        enabled: true,
+        applies_to: applies_to.iter().map(|s| (*s).to_owned()).collect(),
+        rule: Some(PolicyRule {
+            condition: condition.to_owned(),
+            effect: effect.to_owned(),
+            actions: actions.iter().map(|s| (*s).to_owned()).collect(),
+            parameters: BTreeMap::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Installs the 5-level hierarchy (`alice` holds `director`) and the ten policies, active,
+/// in [`TENANT`] of `host`, through the policy lifecycle, acting as the platform administrator
+/// `root` (bootstrapping the Host).
+///
+/// # Panics
+/// If the Host refuses the fixed fixture (a bug).
+#[expect(clippy::expect_used, reason = "a fixed fixture; failing to install it is a bug")]
+pub async fn install_ten_policies(host: &Host) {
+    host.bootstrap("root").await.expect("bootstrap");
+    let root = Caller::principal("_system", "root", PrincipalType::User, &[]).expect("root");
+    for index in (0..ROLES.len()).rev() {
+        let role = role_definition(index).expect("role");
+        host.put_role(&root, TENANT, role).await.expect("role");
+    }
+    host.assign_role(&root, TENANT, "alice", "director").await.expect("assign");
+    let admin = RoleDefinition {
+        role_id: "tenant-admin".into(),
+        permissions: vec!["aesp.**:*".into()],
+        ..Default::default()
+    };
+    host.put_role(&root, TENANT, admin).await.expect("role");
+    for spec in POLICIES {
+        let policy = policy_definition(spec);
+        let id = policy.policy_id.clone();
+        host.create_policy(&root, TENANT, policy).await.expect("policy");
+        host.approve_policy(&root, TENANT, &id, "1.0.0").await.expect("approve");
+        host.promote_policy(&root, TENANT, &id, "1.0.0", Stage::Active).await.expect("promote");
+    }
+}
+
+/// A snapshot builder with the 5-level hierarchy (principal `alice` holds `director`) and the
+/// ten policies, in [`TENANT`].
+///
+/// # Panics
+/// If the fixed fixture does not compile (a bug in the fixture).
+#[expect(clippy::expect_used, reason = "a fixed fixture; failing to build it is a bug")]
+pub fn ten_policy_snapshot() -> SnapshotBuilder {
+    let mut builder = SnapshotBuilder::new(1, schema());
+    for index in 0..ROLES.len() {
+        builder.add_role(TENANT, role_definition(index).expect("role")).expect("role");
+    }
+    builder.assign_role(TENANT, "alice", "director");
+    for spec in POLICIES {
+        builder.add_policy(TENANT, policy_definition(spec)).expect("policy");
+    }
+    builder
+}
+
+/// The benchmark caller: `alice` of [`TENANT`], clearance `secret`, MFA verified, a spending
+/// limit of 100, calling from 10.1.2.3.
+///
+/// # Panics
+/// Never for the fixed values (a bug in the fixture otherwise).
+#[expect(clippy::expect_used, reason = "a fixed fixture; failing to build it is a bug")]
+pub fn bench_caller() -> Caller {
+    let mut context = aesp_core::proto::v1::EnterpriseSecurityContext {
+        principal_id: "alice".into(),
+        tenant_id: TENANT.into(),
+        principal_type: PrincipalType::User as i32,
+        security_clearance: "secret".into(),
+        mfa_verified: true,
+        ..Default::default()
+    };
+    context.roles.clear();
+    Caller::new(context)
+        .expect("caller")
+        .with_attribute("spending_limit", Value::float(100.0))
+        .with_source_ip("10.1.2.3")
+}

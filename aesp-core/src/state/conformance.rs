@@ -333,6 +333,21 @@ pub async fn watch_resumes_without_gaps(factory: &dyn StoreFactory) {
     assert_eq!(next_event(&mut follow).await.kv.key, b"t/new");
 }
 
+/// A watch of a quiet prefix in a busy store still delivers its changes at once: history of
+/// other prefixes, however long, is skipped without waiting for another commit.
+pub async fn watch_skips_unrelated_history(factory: &dyn StoreFactory) {
+    let store = factory.open(StateStoreOptions::with_history_revisions(100_000)).await;
+    let mut txn_count = 0;
+    for i in 0..600 {
+        store.put(format!("u/{i}").as_bytes(), b"noise").await.unwrap();
+        txn_count += 1;
+    }
+    store.put(b"t/signal", b"x").await.unwrap();
+    let mut stream = store.watch(b"t/", 1).await.unwrap();
+    let event = next_event(&mut stream).await;
+    assert_eq!((event.kv.key.as_slice(), event.revision()), (&b"t/signal"[..], txn_count + 1));
+}
+
 /// Compaction: reads and watches before the compacted revision fail with
 /// `REVISION_COMPACTED` naming the oldest revision kept; from it on, they work.
 pub async fn compaction_is_a_distinct_error(factory: &dyn StoreFactory) {
@@ -476,6 +491,7 @@ pub async fn run_all(factory: &dyn StoreFactory) {
     scans_page_at_a_fixed_revision(factory).await;
     watch_delivers_in_order(factory).await;
     watch_resumes_without_gaps(factory).await;
+    watch_skips_unrelated_history(factory).await;
     compaction_is_a_distinct_error(factory).await;
     history_window_compacts(factory).await;
     concurrent_writers_serialise(factory).await;
@@ -491,7 +507,7 @@ macro_rules! state_store_conformance {
         $crate::state_store_conformance!(@tests $factory;
             basic_reads_and_writes, transactions_are_atomic, limits_are_enforced,
             scans_page_at_a_fixed_revision, watch_delivers_in_order, watch_resumes_without_gaps,
-            compaction_is_a_distinct_error, history_window_compacts, concurrent_writers_serialise);
+            watch_skips_unrelated_history, compaction_is_a_distinct_error, history_window_compacts, concurrent_writers_serialise);
     };
     (@tests $factory:expr; $($check:ident),*) => {
         $(

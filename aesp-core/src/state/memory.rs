@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::{
-    EventKind, KeyValue, Op, RangePage, RangeRequest, Revision, StateStore, StateStoreOptions, Txn,
-    TxnOutcome, WatchEvent, WatchStream,
+    EventKind, KeyValue, Op, Progress, RangePage, RangeRequest, Revision, StateStore, StateStoreOptions, Txn,
+    TxnOutcome, WatchEvent, WatchStream, lazy_watch,
 };
 use crate::error::{Error, Result};
 
@@ -263,15 +263,11 @@ impl StateStore for MemoryStore {
                 return Err(Error::compacted(from, state.compacted));
             }
         }
-        let watcher = Watcher {
-            shared: Arc::clone(&self.shared),
-            changed: self.shared.notify.subscribe(),
-            prefix: prefix.to_vec(),
-            next: from,
-            buffer: VecDeque::new(),
-            done: false,
-        };
-        Ok(Box::pin(futures_util::stream::unfold(watcher, Watcher::next_event)))
+        let shared = Arc::clone(&self.shared);
+        let prefix = prefix.to_vec();
+        Ok(lazy_watch(from, self.shared.notify.subscribe(), move |next, out| {
+            read_log(&shared, &prefix, next, out)
+        }))
     }
 
     async fn current_revision(&self) -> Result<Revision> {
@@ -295,50 +291,22 @@ impl StateStore for MemoryStore {
     }
 }
 
-/// A watcher reads the shared log lazily, so a slow watcher costs no memory; if the log it
-/// still needs is compacted, it reports that and ends.
-struct Watcher {
-    shared: Arc<Shared>,
-    changed: watch::Receiver<Revision>,
-    prefix: Vec<u8>,
-    /// The next revision to read.
+/// Reads the log from `next` for a watcher of `prefix`: up to [`WATCH_BATCH`] commits.
+fn read_log(
+    shared: &Shared,
+    prefix: &[u8],
     next: Revision,
-    buffer: VecDeque<WatchEvent>,
-    done: bool,
-}
-
-impl Watcher {
-    async fn next_event(mut self) -> Option<(Result<WatchEvent>, Self)> {
-        loop {
-            if let Some(event) = self.buffer.pop_front() {
-                return Some((Ok(event), self));
-            }
-            if self.done {
-                return None;
-            }
-            // Mark the current notification as seen before reading, so a commit after the read
-            // wakes the wait below.
-            self.changed.borrow_and_update();
-            if let Err(error) = self.fill() {
-                self.done = true;
-                return Some((Err(error), self));
-            }
-            if self.buffer.is_empty() && self.changed.changed().await.is_err() {
-                return None;
-            }
-        }
+    out: &mut VecDeque<WatchEvent>,
+) -> Result<Progress> {
+    let state = shared.lock();
+    if next < state.compacted {
+        return Err(Error::compacted(next, state.compacted));
     }
-
-    fn fill(&mut self) -> Result<()> {
-        let state = self.shared.lock();
-        if self.next < state.compacted {
-            return Err(Error::compacted(self.next, state.compacted));
-        }
-        let start = state.log.partition_point(|(r, _)| *r < self.next);
-        for (revision, events) in state.log.iter().skip(start).take(WATCH_BATCH) {
-            self.buffer.extend(events.iter().filter(|e| e.kv.key.starts_with(&self.prefix)).cloned());
-            self.next = revision + 1;
-        }
-        Ok(())
+    let start = state.log.partition_point(|(r, _)| *r < next);
+    let mut after = next;
+    for (revision, events) in state.log.iter().skip(start).take(WATCH_BATCH) {
+        out.extend(events.iter().filter(|e| e.kv.key.starts_with(prefix)).cloned());
+        after = revision + 1;
     }
+    Ok(Progress { next: after })
 }

@@ -18,11 +18,13 @@ use futures_core::Stream;
 
 use crate::error::{Error, Result};
 
+mod lazy_watch;
 mod memory;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use lazy_watch::{Progress, lazy_watch};
 pub use memory::MemoryStore;
 
 /// A store revision. Revision 0 is the empty store; the first commit is revision 1.

@@ -1,0 +1,390 @@
+//! The file seam of the segment store: a flat directory of files, with the operating system's
+//! implementation and a fault-injecting one in memory that loses everything not yet synced.
+
+use std::{
+    collections::BTreeMap,
+    fmt, io,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
+
+/// One open file.
+///
+/// # Contract
+/// Reads and writes are positional and may run concurrently from several threads. Data written
+/// is durable only after `sync_data` returns; a crash may lose any write not yet synced, or keep
+/// any prefix of it.
+pub trait FileHandle: Send + Sync + fmt::Debug {
+    /// The file's length.
+    fn size(&self) -> io::Result<u64>;
+    /// Fills `buf` from `offset`; reading past the end is an `UnexpectedEof` error.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `data` at `offset`.
+    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
+    /// Truncates or extends the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes the file's data durable.
+    fn sync_data(&self) -> io::Result<()>;
+}
+
+/// A flat directory of files.
+///
+/// # Contract
+/// A created or removed file survives a crash only after `sync_dir`.
+pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
+    /// Opens `name`, creating it (empty) when `create` is set and it does not exist.
+    fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn FileHandle>>;
+    /// The names of the files.
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// Removes `name`.
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Makes creations and removals durable.
+    fn sync_dir(&self) -> io::Result<()>;
+}
+
+/// Files in a directory of the operating system.
+#[derive(Debug, Clone)]
+pub struct OsFileSystem {
+    dir: PathBuf,
+}
+
+impl OsFileSystem {
+    /// Files under `dir`, which is created if missing.
+    pub fn new(dir: impl AsRef<Path>) -> io::Result<Self> {
+        std::fs::create_dir_all(dir.as_ref())?;
+        Ok(Self { dir: dir.as_ref().to_owned() })
+    }
+}
+
+#[derive(Debug)]
+struct OsFile(std::fs::File);
+
+impl FileHandle for OsFile {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.0, buf, offset)
+    }
+
+    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(&self.0, data, offset)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+impl FileSystem for OsFileSystem {
+    fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn FileHandle>> {
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).create(create).open(self.dir.join(name))?;
+        Ok(Arc::new(OsFile(file)))
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        std::fs::remove_file(self.dir.join(name))
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+}
+
+/// What a simulated crash keeps of the writes not yet synced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashMode {
+    /// Every unsynced write and truncation is lost.
+    DropUnsynced,
+    /// Of each file's unsynced operations, the first `keep` survive whole and the next one
+    /// survives as a prefix of `fraction_per_mille`/1000 of its bytes (a torn write).
+    Tear {
+        /// Unsynced operations kept whole.
+        keep: usize,
+        /// How much of the next write is kept, in thousandths.
+        fraction_per_mille: u32,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write(u64, Vec<u8>),
+    SetLen(u64),
+}
+
+fn apply(data: &mut Vec<u8>, op: &Op) {
+    match op {
+        Op::Write(offset, bytes) => {
+            let start = usize::try_from(*offset).unwrap_or(usize::MAX);
+            let end = start.saturating_add(bytes.len());
+            if data.len() < end {
+                data.resize(end, 0);
+            }
+            if let Some(dst) = data.get_mut(start..end) {
+                dst.copy_from_slice(bytes);
+            }
+        }
+        Op::SetLen(len) => data.resize(usize::try_from(*len).unwrap_or(usize::MAX), 0),
+    }
+}
+
+#[derive(Debug, Default)]
+struct MemFile {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    pending: Vec<Op>,
+}
+
+#[derive(Debug, Default)]
+struct MemState {
+    generation: u64,
+    files: BTreeMap<String, Arc<Mutex<MemFile>>>,
+    durable_names: BTreeMap<String, Arc<Mutex<MemFile>>>,
+    fail_syncs: bool,
+    syncs: u64,
+}
+
+/// An in-memory file system that keeps, per file, the durable image (as of its last sync) and
+/// the live one; [`FaultyFileSystem::crash`] throws away what was not synced. This value, its
+/// clones and every file opened through them fail after a crash, like a process that died; the
+/// value `crash` returns is the file system after the restart.
+#[derive(Debug, Default, Clone)]
+pub struct FaultyFileSystem {
+    state: Arc<Mutex<MemState>>,
+    generation: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl FaultyFileSystem {
+    /// An empty file system.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Simulates a power loss: unsynced data and unsynced directory changes are lost (or torn,
+    /// per `mode`), and every open handle stops working.
+    #[must_use = "the old file system is dead after a crash; use the one returned"]
+    pub fn crash(&self, mode: CrashMode) -> Self {
+        let mut state = lock(&self.state);
+        state.generation = state.generation.saturating_add(1);
+        let mut files = BTreeMap::new();
+        for (name, file) in &state.durable_names {
+            let old = lock(file);
+            let mut data = old.durable.clone();
+            if let CrashMode::Tear { keep, fraction_per_mille } = mode {
+                for (i, op) in old.pending.iter().enumerate() {
+                    if i < keep {
+                        apply(&mut data, op);
+                    } else {
+                        if let Op::Write(offset, bytes) = op {
+                            let cut =
+                                bytes.len().saturating_mul(fraction_per_mille.min(1000) as usize) / 1000;
+                            apply(
+                                &mut data,
+                                &Op::Write(*offset, bytes.get(..cut).unwrap_or_default().to_vec()),
+                            );
+                        }
+                        break;
+                    }
+                }
+            }
+            let fresh = MemFile { live: data.clone(), durable: data, pending: Vec::new() };
+            files.insert(name.clone(), Arc::new(Mutex::new(fresh)));
+        }
+        state.durable_names = files.clone();
+        state.files = files;
+        Self { state: Arc::clone(&self.state), generation: state.generation }
+    }
+
+    fn alive(&self) -> io::Result<MutexGuard<'_, MemState>> {
+        let state = lock(&self.state);
+        if state.generation == self.generation {
+            Ok(state)
+        } else {
+            Err(io::Error::other("the file system crashed; use the one `crash` returned"))
+        }
+    }
+
+    /// Makes every later `sync_data` and `sync_dir` fail (or succeed again).
+    pub fn fail_syncs(&self, fail: bool) {
+        lock(&self.state).fail_syncs = fail;
+    }
+
+    /// How many syncs succeeded so far.
+    pub fn sync_count(&self) -> u64 {
+        lock(&self.state).syncs
+    }
+
+    /// A copy of a file's live contents.
+    pub fn read_file(&self, name: &str) -> Option<Vec<u8>> {
+        lock(&self.state).files.get(name).map(|f| lock(f).live.clone())
+    }
+
+    /// Replaces a file's contents, durably (to simulate corruption on the medium).
+    pub fn write_file(&self, name: &str, data: Vec<u8>) {
+        let mut state = lock(&self.state);
+        let file = Arc::new(Mutex::new(MemFile { live: data.clone(), durable: data, pending: Vec::new() }));
+        state.files.insert(name.to_owned(), Arc::clone(&file));
+        state.durable_names.insert(name.to_owned(), file);
+    }
+}
+
+#[derive(Debug)]
+struct MemHandle {
+    fs: Arc<Mutex<MemState>>,
+    generation: u64,
+    file: Arc<Mutex<MemFile>>,
+}
+
+impl MemHandle {
+    fn check(&self) -> io::Result<()> {
+        if lock(&self.fs).generation == self.generation {
+            Ok(())
+        } else {
+            Err(io::Error::other("the file system crashed since this file was opened"))
+        }
+    }
+}
+
+impl FileHandle for MemHandle {
+    fn size(&self) -> io::Result<u64> {
+        self.check()?;
+        Ok(lock(&self.file).live.len() as u64)
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.check()?;
+        let file = lock(&self.file);
+        let start = usize::try_from(offset).map_err(io::Error::other)?;
+        let src = file
+            .live
+            .get(start..start.saturating_add(buf.len()))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end"))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.check()?;
+        let mut file = lock(&self.file);
+        let op = Op::Write(offset, data.to_vec());
+        apply(&mut file.live, &op);
+        file.pending.push(op);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.check()?;
+        let mut file = lock(&self.file);
+        let op = Op::SetLen(len);
+        apply(&mut file.live, &op);
+        file.pending.push(op);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        // Atomic with respect to a crash: the state stays locked until the data is durable.
+        let mut state = lock(&self.fs);
+        if state.generation != self.generation {
+            return Err(io::Error::other("the file system crashed since this file was opened"));
+        }
+        if state.fail_syncs {
+            return Err(io::Error::other("injected sync failure"));
+        }
+        state.syncs = state.syncs.saturating_add(1);
+        let mut file = lock(&self.file);
+        let pending = std::mem::take(&mut file.pending);
+        for op in &pending {
+            apply(&mut file.durable, op);
+        }
+        Ok(())
+    }
+}
+
+impl FileSystem for FaultyFileSystem {
+    fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn FileHandle>> {
+        let mut state = self.alive()?;
+        let file = match state.files.get(name) {
+            Some(file) => Arc::clone(file),
+            None if create => {
+                let file = Arc::new(Mutex::new(MemFile::default()));
+                state.files.insert(name.to_owned(), Arc::clone(&file));
+                file
+            }
+            None => return Err(io::Error::new(io::ErrorKind::NotFound, format!("no file `{name}`"))),
+        };
+        Ok(Arc::new(MemHandle { fs: Arc::clone(&self.state), generation: state.generation, file }))
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self.alive()?.files.keys().cloned().collect())
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.alive()?
+            .files
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no file `{name}`")))
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        let mut state = self.alive()?;
+        if state.fail_syncs {
+            return Err(io::Error::other("injected sync failure"));
+        }
+        state.syncs = state.syncs.saturating_add(1);
+        state.durable_names = state.files.clone();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crash_loses_unsynced_writes_and_files() {
+        let fs = FaultyFileSystem::new();
+        let a = fs.open("a", true).unwrap();
+        a.write_all_at(b"hello", 0).unwrap();
+        fs.sync_dir().unwrap();
+        a.sync_data().unwrap();
+        a.write_all_at(b" world", 5).unwrap();
+        let b = fs.open("b", true).unwrap();
+        b.write_all_at(b"x", 0).unwrap();
+        b.sync_data().unwrap();
+        let dead = fs.clone();
+        let fs = fs.crash(CrashMode::DropUnsynced);
+        assert!(a.size().is_err());
+        assert!(dead.open("c", true).is_err());
+        assert_eq!(fs.read_file("a").unwrap(), b"hello");
+        assert!(fs.read_file("b").is_none());
+
+        let a = fs.open("a", false).unwrap();
+        a.write_all_at(b" world", 5).unwrap();
+        let fs = fs.crash(CrashMode::Tear { keep: 0, fraction_per_mille: 500 });
+        assert_eq!(fs.read_file("a").unwrap(), b"hello wo");
+    }
+}

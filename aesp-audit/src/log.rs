@@ -1,0 +1,513 @@
+//! The audit log: group-committed durable appends, an integrator that hashes the tree and
+//! signs checkpoints, and proofs.
+
+use std::{ops::Range, sync::Arc, time::Duration};
+
+use aesp_core::{Error, ErrorCode, Result, proto::v1::AuditEvent};
+use bytes::Bytes;
+use prost::Message as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use crate::{
+    checkpoint::{Checkpoint, ConsistencyProof, SignedCheckpoint, TlogProof},
+    merkle::{
+        Hash, RightEdge, consistency_ranges, fold_range, inclusion_ranges, leaf_hash, range_subtrees,
+        stored_hash_index,
+    },
+    note::{NoteSigner, NoteVerifier},
+    storage::{Lease, LogStorage},
+};
+
+/// Options of an [`AuditLog`].
+#[derive(Clone, Debug)]
+pub struct AuditLogOptions {
+    /// The checkpoint origin: the log's unique name, such as `audit.example.com/acme`.
+    pub origin: String,
+    /// The most entries one group commit writes.
+    pub max_batch_entries: usize,
+    /// The most bytes one group commit writes.
+    pub max_batch_bytes: usize,
+    /// How long the committer waits for more appends before writing a group that is not full
+    /// (zero: write as soon as the previous write is done; groups still form while it runs).
+    pub max_delay: Duration,
+    /// The most entries waiting to be written; appends wait beyond it (backpressure).
+    pub max_pending_entries: usize,
+    /// A checkpoint is signed at least this often while entries arrive.
+    pub checkpoint_interval: Duration,
+    /// A checkpoint is signed after this many new entries.
+    pub checkpoint_every: u64,
+    /// The name under which this process holds the integrator lease.
+    pub integrator: String,
+    /// How long a lease lasts; it is renewed once a third of it has passed.
+    pub lease_ttl: Duration,
+}
+
+impl AuditLogOptions {
+    /// Defaults for a log of `origin`.
+    pub fn new(origin: impl Into<String>) -> Self {
+        Self {
+            origin: origin.into(),
+            max_batch_entries: 16 * 1024,
+            max_batch_bytes: 16 << 20,
+            max_delay: Duration::ZERO,
+            max_pending_entries: 256 * 1024,
+            checkpoint_interval: Duration::from_secs(1),
+            checkpoint_every: 100_000,
+            integrator: aesp_core::new_id(&aesp_core::SystemClock),
+            lease_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Request {
+    entries: Vec<Bytes>,
+    reply: oneshot::Sender<Result<u64>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+enum Command {
+    Checkpoint(oneshot::Sender<Result<SignedCheckpoint>>),
+}
+
+/// The verifiable, durable, signed audit log.
+///
+/// Appends resolve once durable; a background integrator keeps the tree's stored hashes and
+/// signs a checkpoint every [`AuditLogOptions::checkpoint_interval`] or
+/// [`AuditLogOptions::checkpoint_every`] entries. Proofs are served for checkpointed sizes.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    storage: Arc<dyn LogStorage>,
+    requests: mpsc::UnboundedSender<Request>,
+    commands: mpsc::Sender<Command>,
+    permits: Arc<Semaphore>,
+    options: Arc<AuditLogOptions>,
+    verifier: NoteVerifier,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request").field("entries", &self.entries.len()).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Checkpoint")
+    }
+}
+
+fn copy_error(e: &Error) -> Error {
+    Error::new(e.code(), e.message().to_owned())
+}
+
+impl AuditLog {
+    /// Opens the log on `storage`, signing checkpoints with `signer`. Must be called within a
+    /// Tokio runtime; the committer and integrator run as tasks of it.
+    pub async fn open(
+        storage: Arc<dyn LogStorage>,
+        signer: NoteSigner,
+        options: AuditLogOptions,
+    ) -> Result<Self> {
+        if options.max_batch_entries == 0 || options.max_pending_entries < options.max_batch_entries {
+            return Err(Error::invalid_argument(
+                "max_pending_entries must be at least max_batch_entries > 0",
+            ));
+        }
+        let integrator = Integrator::start(Arc::clone(&storage), signer.clone(), options.clone()).await?;
+        let (requests, request_rx) = mpsc::unbounded_channel();
+        let (batches_tx, batches_rx) = mpsc::channel(64);
+        let (commands, command_rx) = mpsc::channel(16);
+        let options = Arc::new(options);
+        tokio::spawn(commit_loop(Arc::clone(&storage), Arc::clone(&options), request_rx, batches_tx));
+        tokio::spawn(integrator.run(batches_rx, command_rx));
+        Ok(Self {
+            storage,
+            requests,
+            commands,
+            permits: Arc::new(Semaphore::new(options.max_pending_entries)),
+            verifier: signer.verifier().clone(),
+            options,
+        })
+    }
+
+    /// The key that verifies this log's checkpoints.
+    pub fn verifier(&self) -> &NoteVerifier {
+        &self.verifier
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Arc<dyn LogStorage> {
+        &self.storage
+    }
+
+    /// Appends one event; resolves with its index once it is durable.
+    pub async fn append(&self, event: &AuditEvent) -> Result<u64> {
+        Ok(self.append_encoded(vec![Bytes::from(event.encode_to_vec())]).await?.start)
+    }
+
+    /// Appends events as one batch with consecutive indices; resolves once all are durable.
+    pub async fn append_batch(&self, events: &[AuditEvent]) -> Result<Range<u64>> {
+        self.append_encoded(events.iter().map(|e| Bytes::from(e.encode_to_vec())).collect()).await
+    }
+
+    /// Appends entries given as their exact bytes (for events, the canonical encoding).
+    pub async fn append_encoded(&self, entries: Vec<Bytes>) -> Result<Range<u64>> {
+        let count = entries.len();
+        if count == 0 {
+            return Err(Error::invalid_argument("nothing to append"));
+        }
+        let bytes: usize = entries.iter().map(Bytes::len).sum();
+        if count > self.options.max_batch_entries || bytes > self.options.max_batch_bytes {
+            return Err(Error::invalid_argument(format!(
+                "a batch of {count} entries and {bytes} bytes is over the limit of {} entries and {} bytes",
+                self.options.max_batch_entries, self.options.max_batch_bytes
+            )));
+        }
+        let permit = Arc::clone(&self.permits)
+            .acquire_many_owned(u32::try_from(count).map_err(|_| Error::invalid_argument("batch too large"))?)
+            .await
+            .map_err(|_| Error::unavailable("the audit log is closed"))?;
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request { entries, reply, _permit: permit })
+            .map_err(|_| Error::unavailable("the audit log is closed"))?;
+        let first = rx.await.map_err(|_| Error::unavailable("the audit log stopped"))??;
+        Ok(first..first.saturating_add(count as u64))
+    }
+
+    /// Integrates every durable entry and signs a checkpoint of it now.
+    pub async fn checkpoint(&self) -> Result<SignedCheckpoint> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Checkpoint(tx))
+            .await
+            .map_err(|_| Error::unavailable("the audit log stopped"))?;
+        rx.await.map_err(|_| Error::unavailable("the audit log stopped"))?
+    }
+
+    /// Signs a final checkpoint of everything durable (the log keeps working for other clones).
+    pub async fn close(self) -> Result<SignedCheckpoint> {
+        self.checkpoint().await
+    }
+
+    /// The latest signed checkpoint, if any.
+    pub async fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>> {
+        match self.storage.latest_checkpoint().await? {
+            Some(stored) => Ok(Some(SignedCheckpoint::parse(&stored.note)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The entry at `index`, as stored.
+    pub async fn entry(&self, index: u64) -> Result<Bytes> {
+        let mut entries = self.storage.read_entries(index, index.saturating_add(1)).await?;
+        entries.pop().ok_or_else(|| Error::not_found(format!("no entry {index}")))
+    }
+
+    /// The inclusion proof of entry `index` in the tree of `size` leaves (`size` must be
+    /// integrated, which a checkpoint of it guarantees).
+    pub async fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
+        hashes_of_ranges(self.storage.as_ref(), &inclusion_ranges(index, size)?).await
+    }
+
+    /// The consistency proof between the trees of `old_size` and `new_size` leaves.
+    pub async fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<ConsistencyProof> {
+        let hashes =
+            hashes_of_ranges(self.storage.as_ref(), &consistency_ranges(old_size, new_size)?).await?;
+        Ok(ConsistencyProof { old_size, new_size, hashes })
+    }
+
+    /// A C2SP `tlog-proof` of entry `index` against the latest checkpoint.
+    pub async fn prove(&self, index: u64) -> Result<TlogProof> {
+        let checkpoint =
+            self.latest_checkpoint().await?.filter(|c| index < c.checkpoint().size).ok_or_else(|| {
+                Error::new(ErrorCode::FailedPrecondition, format!("no checkpoint covers entry {index} yet"))
+            })?;
+        let hashes = self.inclusion_proof(index, checkpoint.checkpoint().size).await?;
+        Ok(TlogProof { extra: None, index, hashes, checkpoint })
+    }
+}
+
+/// The hashes of `ranges`, read from the stored hashes in one call.
+pub(crate) async fn hashes_of_ranges(storage: &dyn LogStorage, ranges: &[(u64, u64)]) -> Result<Vec<Hash>> {
+    let plans: Vec<Vec<(u32, u64)>> = ranges.iter().map(|&(lo, hi)| range_subtrees(lo, hi)).collect();
+    let indexes: Vec<u64> = plans.iter().flatten().map(|&(level, n)| stored_hash_index(level, n)).collect();
+    let hashes = storage.read_hashes(&indexes).await?;
+    let mut at = 0usize;
+    let mut out = Vec::with_capacity(plans.len());
+    for plan in &plans {
+        let part = hashes
+            .get(at..at.saturating_add(plan.len()))
+            .ok_or_else(|| Error::internal("short hash read"))?;
+        out.push(fold_range(part));
+        at = at.saturating_add(plan.len());
+    }
+    Ok(out)
+}
+
+async fn commit_loop(
+    storage: Arc<dyn LogStorage>,
+    options: Arc<AuditLogOptions>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    batches: mpsc::Sender<(u64, Vec<Bytes>)>,
+) {
+    let mut carry: Option<Request> = None;
+    loop {
+        let first = match carry.take() {
+            Some(r) => r,
+            None => match requests.recv().await {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        let mut entries = first.entries.len();
+        let mut bytes: usize = first.entries.iter().map(Bytes::len).sum();
+        let mut group = vec![first];
+        let deadline = tokio::time::Instant::now() + options.max_delay;
+        loop {
+            let next = match requests.try_recv() {
+                Ok(r) => Some(r),
+                Err(mpsc::error::TryRecvError::Empty) if !options.max_delay.is_zero() => {
+                    tokio::time::timeout_at(deadline, requests.recv()).await.ok().flatten()
+                }
+                Err(_) => None,
+            };
+            let Some(r) = next else { break };
+            let b: usize = r.entries.iter().map(Bytes::len).sum();
+            if entries + r.entries.len() > options.max_batch_entries || bytes + b > options.max_batch_bytes {
+                carry = Some(r);
+                break;
+            }
+            entries += r.entries.len();
+            bytes += b;
+            group.push(r);
+        }
+        let all: Vec<Bytes> = group.iter().flat_map(|r| r.entries.iter().cloned()).collect();
+        match storage.append(&all).await {
+            Ok(first_index) => {
+                let mut index = first_index;
+                for r in group {
+                    let n = r.entries.len() as u64;
+                    let _ = r.reply.send(Ok(index));
+                    index = index.saturating_add(n);
+                }
+                // A hint for the integrator; when full it reads the entries back instead.
+                let _ = batches.try_send((first_index, all));
+            }
+            Err(e) => {
+                for r in group {
+                    let _ = r.reply.send(Err(copy_error(&e)));
+                }
+            }
+        }
+    }
+}
+
+struct Integrator {
+    storage: Arc<dyn LogStorage>,
+    signer: NoteSigner,
+    options: AuditLogOptions,
+    lease: Option<(Lease, tokio::time::Instant)>,
+    edge: RightEdge,
+    checkpointed: u64,
+    last_checkpoint: Option<SignedCheckpoint>,
+    hashes: Vec<Hash>,
+}
+
+/// The integrated tree as the storage has it: its right edge and latest checkpoint.
+async fn load_tree(storage: &dyn LogStorage) -> Result<(RightEdge, Option<SignedCheckpoint>)> {
+    let state = storage.state().await?;
+    if state.integrated_size > state.size {
+        return Err(Error::corrupted(format!(
+            "the log holds {} entries but {} were integrated and checkpointed: entries are missing",
+            state.size, state.integrated_size
+        )));
+    }
+    let n = state.integrated_size;
+    // The perfect subtrees of n's binary decomposition, largest first.
+    let mut parts = Vec::new();
+    let mut lo = 0u64;
+    for level in (0..64u32).rev() {
+        if n & (1u64 << level) != 0 {
+            parts.push(stored_hash_index(level, lo >> level));
+            lo += 1u64 << level;
+        }
+    }
+    let stack = storage.read_hashes(&parts).await?;
+    let edge = RightEdge::from_parts(n, stack).ok_or_else(|| Error::internal("bad right edge"))?;
+    let last = match storage.latest_checkpoint().await? {
+        Some(c) => Some(SignedCheckpoint::parse(&c.note)?),
+        None => None,
+    };
+    if let Some(c) = &last
+        && c.checkpoint().size == n
+        && c.checkpoint().root_hash != edge.root()
+    {
+        return Err(Error::corrupted("the stored hashes do not match the latest checkpoint"));
+    }
+    Ok((edge, last))
+}
+
+impl Integrator {
+    async fn start(
+        storage: Arc<dyn LogStorage>,
+        signer: NoteSigner,
+        options: AuditLogOptions,
+    ) -> Result<Self> {
+        let (edge, last_checkpoint) = load_tree(storage.as_ref()).await?;
+        let mut integrator = Self {
+            storage,
+            signer,
+            checkpointed: last_checkpoint.as_ref().map_or(0, |c| c.checkpoint().size),
+            last_checkpoint,
+            options,
+            lease: None,
+            edge,
+            hashes: Vec::new(),
+        };
+        // Another process may integrate (a shared database): then this one only appends
+        // until the lease comes free.
+        match integrator.hold().await {
+            Ok(_) => {}
+            Err(e) if e.code() == ErrorCode::Conflict => {}
+            Err(e) => return Err(e),
+        }
+        Ok(integrator)
+    }
+
+    async fn run(
+        mut self,
+        mut batches: mpsc::Receiver<(u64, Vec<Bytes>)>,
+        mut commands: mpsc::Receiver<Command>,
+    ) {
+        let mut tick = tokio::time::interval(self.options.checkpoint_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                batch = batches.recv() => {
+                    let Some((first, entries)) = batch else { break };
+                    if self.integrate_batch(first, &entries).await.is_ok()
+                        && self.edge.size().saturating_sub(self.checkpointed) >= self.options.checkpoint_every
+                    {
+                        let _ = self.sign().await;
+                    }
+                }
+                command = commands.recv() => {
+                    let Some(Command::Checkpoint(reply)) = command else { break };
+                    let result = self.checkpoint_now().await;
+                    let _ = reply.send(result);
+                }
+                _ = tick.tick() => {
+                    let _ = self.checkpoint_now().await;
+                }
+            }
+        }
+        // The log was dropped: sign what is durable, then give the lease up.
+        let _ = self.checkpoint_now().await;
+        if let Some((lease, _)) = self.lease.take() {
+            let _ = self.storage.release_lease(&lease).await;
+        }
+    }
+
+    /// The lease, renewed when a third of its time has passed; on a new grant the tree is
+    /// reloaded, since another integrator may have moved it on.
+    async fn hold(&mut self) -> Result<Lease> {
+        if let Some((lease, at)) = &self.lease
+            && at.elapsed() < self.options.lease_ttl / 3
+        {
+            return Ok(lease.clone());
+        }
+        let previous = self.lease.take().map(|(l, _)| l.token);
+        let lease = self.storage.acquire_lease(&self.options.integrator, self.options.lease_ttl).await?;
+        if previous != Some(lease.token) {
+            let (edge, last) = load_tree(self.storage.as_ref()).await?;
+            self.edge = edge;
+            self.checkpointed = last.as_ref().map_or(0, |c| c.checkpoint().size);
+            self.last_checkpoint = last;
+        }
+        self.lease = Some((lease.clone(), tokio::time::Instant::now()));
+        Ok(lease)
+    }
+
+    async fn integrate_batch(&mut self, first: u64, entries: &[Bytes]) -> Result<()> {
+        self.hold().await?;
+        let size = self.edge.size();
+        let end = first.saturating_add(entries.len() as u64);
+        if end <= size {
+            return Ok(());
+        }
+        if first > size {
+            self.integrate_to(first).await?;
+        }
+        let skip = usize::try_from(self.edge.size().saturating_sub(first)).unwrap_or(usize::MAX);
+        self.add(entries.get(skip..).unwrap_or_default()).await
+    }
+
+    async fn integrate_to(&mut self, target: u64) -> Result<()> {
+        while self.edge.size() < target {
+            let entries = self.storage.read_entries(self.edge.size(), target).await?;
+            if entries.is_empty() {
+                return Err(Error::internal("the storage returned no entries"));
+            }
+            self.add(&entries).await?;
+        }
+        Ok(())
+    }
+
+    async fn add(&mut self, entries: &[Bytes]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let lease = self.hold().await?;
+        let from = self.edge.size();
+        let mut edge = self.edge.clone();
+        let mut hashes = std::mem::take(&mut self.hashes);
+        hashes.clear();
+        for entry in entries {
+            edge.push(leaf_hash(entry), |h| hashes.push(*h));
+        }
+        let result = self.storage.append_hashes(&lease, from, edge.size(), &hashes).await;
+        self.hashes = hashes;
+        if let Err(e) = result {
+            if e.code() == ErrorCode::Conflict {
+                // Lost the lease, or another integrator moved on: start again from storage.
+                self.lease = None;
+            }
+            return Err(e);
+        }
+        self.edge = edge;
+        Ok(())
+    }
+
+    async fn checkpoint_now(&mut self) -> Result<SignedCheckpoint> {
+        self.hold().await?;
+        let size = self.storage.state().await?.size;
+        self.integrate_to(size).await?;
+        match &self.last_checkpoint {
+            Some(c) if c.checkpoint().size == self.edge.size() => Ok(c.clone()),
+            _ => self.sign().await,
+        }
+    }
+
+    async fn sign(&mut self) -> Result<SignedCheckpoint> {
+        let lease = self.hold().await?;
+        let checkpoint = Checkpoint {
+            origin: self.options.origin.clone(),
+            size: self.edge.size(),
+            root_hash: self.edge.root(),
+            extensions: Vec::new(),
+        };
+        let signed = SignedCheckpoint::sign(checkpoint, &self.signer).await?;
+        if let Err(e) =
+            self.storage.store_checkpoint(&lease, self.edge.size(), signed.to_text().as_bytes()).await
+        {
+            if e.code() == ErrorCode::Conflict {
+                self.lease = None;
+            }
+            return Err(e);
+        }
+        self.checkpointed = self.edge.size();
+        self.last_checkpoint = Some(signed.clone());
+        Ok(signed)
+    }
+}

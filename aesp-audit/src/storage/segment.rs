@@ -1,0 +1,866 @@
+//! The embedded log storage: entries in segment files with group-committed frames, the stored
+//! hashes in one flat file, checkpoints in an append-only file; all I/O through the
+//! [`FileSystem`] seam.
+//!
+//! # Format (version 1)
+//! - `seg-<first index, 20 digits>.log`: a 32-byte header (`AESPSEG\0`, version `u32`,
+//!   reserved `u32`, first index `u64`, CRC-32C of the preceding 24 bytes `u32`, zero `u32`),
+//!   then frames, one per appended batch.
+//! - A frame, and a checkpoint record: magic `u32`, body length `u32`, key `u64` (a frame's
+//!   first index; a checkpoint's tree size), count `u32` (entries in a frame; 0 for a
+//!   checkpoint), CRC-32C of the body `u32`, CRC-32C of the preceding 24 header bytes `u32`;
+//!   then the body. A frame's body is, per entry, its length `u32` and its bytes; a
+//!   checkpoint's body is its signed note. Integers are little-endian.
+//! - `hashes`: the stored hashes (32 bytes each) in stored-hash order.
+//! - `checkpoints`: checkpoint records.
+//!
+//! Recovery: only the last segment and the end of `checkpoints` may hold a torn record (the
+//! one write in flight at a crash); a damaged record with a valid record after it, or anywhere
+//! else, is corruption, reported with the file and offset. Stored hashes beyond the latest
+//! checkpoint are dropped and recomputed by the integrator.
+
+use std::{
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use aesp_core::{Clock, Error, ErrorCode, Result, SystemClock};
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{
+    Lease, LeaseTable, LogStorage, StorageState, StoredCheckpoint, check_checkpoint, check_hash_append,
+    check_range,
+};
+use crate::{
+    crc::crc32c,
+    fs::{FileHandle, FileSystem},
+    merkle::{Hash, stored_hash_count},
+};
+
+/// The version number in every segment header.
+pub const SEGMENT_FORMAT_VERSION: u32 = 1;
+const SEGMENT_MAGIC: &[u8; 8] = b"AESPSEG\0";
+const SEGMENT_HEADER: usize = 32;
+const FRAME_MAGIC: u32 = 0x4641_5541; // "AUAF"
+const CHECKPOINT_MAGIC: u32 = 0x4b43_5541; // "AUCK"
+const RECORD_HEADER: usize = 28;
+const HASHES: &str = "hashes";
+const CHECKPOINTS: &str = "checkpoints";
+/// The most bytes one `read_entries` call reads.
+const MAX_READ: u64 = 8 << 20;
+
+/// Options of a [`SegmentStorage`].
+#[derive(Clone, Debug)]
+pub struct SegmentOptions {
+    /// A new segment starts once the current one reaches this many bytes.
+    pub max_segment_bytes: u64,
+    /// The largest batch `append` accepts, in encoded bytes.
+    pub max_frame_bytes: u32,
+    /// The clock by which leases expire.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for SegmentOptions {
+    fn default() -> Self {
+        Self { max_segment_bytes: 64 << 20, max_frame_bytes: 32 << 20, clock: Arc::new(SystemClock) }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct FrameRef {
+    first: u64,
+    count: u32,
+    offset: u64,
+    len: u32,
+}
+
+#[derive(Debug)]
+struct Segment {
+    name: String,
+    first: u64,
+    file: Arc<dyn FileHandle>,
+    frames: Vec<FrameRef>,
+    len: u64,
+}
+
+#[derive(Debug)]
+struct Index {
+    segments: Vec<Segment>,
+    size: u64,
+}
+
+#[derive(Debug)]
+struct Meta {
+    hashes: Arc<dyn FileHandle>,
+    hash_count: u64,
+    integrated: u64,
+    checkpoint_file: Arc<dyn FileHandle>,
+    checkpoint_len: u64,
+    checkpoints: Vec<StoredCheckpoint>,
+    leases: LeaseTable,
+}
+
+#[derive(Debug)]
+struct Shared {
+    fs: Arc<dyn FileSystem>,
+    options: SegmentOptions,
+    writer: Mutex<()>,
+    index: RwLock<Index>,
+    meta: Mutex<Meta>,
+    failed: AtomicBool,
+}
+
+/// The embedded audit-log storage: segment files with one write and one sync per batch.
+#[derive(Debug, Clone)]
+pub struct SegmentStorage {
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn io_error(what: &str, name: &str, e: std::io::Error) -> Error {
+    Error::unavailable(format!("audit storage: cannot {what} `{name}`: {e}")).with_source(e)
+}
+
+fn corrupt(name: &str, offset: u64, why: &str) -> Error {
+    Error::corrupted(format!("audit file `{name}` is corrupt at offset {offset}: {why}"))
+        .with_detail("file", name)
+        .with_detail("offset", offset.to_string())
+}
+
+fn segment_name(first: u64) -> String {
+    format!("seg-{first:020}.log")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("seg-")?.strip_suffix(".log")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
+}
+
+fn u32_at(buf: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    if let Some(src) = buf.get(at..at.saturating_add(4)) {
+        b.copy_from_slice(src);
+    }
+    u32::from_le_bytes(b)
+}
+
+fn u64_at(buf: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(src) = buf.get(at..at.saturating_add(8)) {
+        b.copy_from_slice(src);
+    }
+    u64::from_le_bytes(b)
+}
+
+fn segment_header(first: u64) -> Vec<u8> {
+    let mut h = Vec::with_capacity(SEGMENT_HEADER);
+    h.extend_from_slice(SEGMENT_MAGIC);
+    h.extend_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(&first.to_le_bytes());
+    let crc = crc32c(&h);
+    h.extend_from_slice(&crc.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h
+}
+
+/// Fills the record header at the start of `record`, whose body follows it.
+fn seal_record(record: &mut [u8], magic: u32, key: u64, count: u32) -> Result<()> {
+    let (header, body) =
+        record.split_at_mut_checked(RECORD_HEADER).ok_or_else(|| Error::internal("short record"))?;
+    let len = u32::try_from(body.len()).map_err(|_| Error::invalid_argument("record too large"))?;
+    let mut h = [0u8; RECORD_HEADER];
+    h[..4].copy_from_slice(&magic.to_le_bytes());
+    h[4..8].copy_from_slice(&len.to_le_bytes());
+    h[8..16].copy_from_slice(&key.to_le_bytes());
+    h[16..20].copy_from_slice(&count.to_le_bytes());
+    h[20..24].copy_from_slice(&crc32c(body).to_le_bytes());
+    let crc = crc32c(&h[..24]);
+    h[24..].copy_from_slice(&crc.to_le_bytes());
+    header.copy_from_slice(&h);
+    Ok(())
+}
+
+/// Encodes a record: header then body.
+fn encode_record(out: &mut Vec<u8>, magic: u32, key: u64, count: u32, body: &[u8]) -> Result<()> {
+    let len = u32::try_from(body.len()).map_err(|_| Error::invalid_argument("record too large"))?;
+    let start = out.len();
+    out.extend_from_slice(&magic.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&key.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&crc32c(body).to_le_bytes());
+    let crc = crc32c(out.get(start..).unwrap_or_default());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(body);
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RecordHeader {
+    body_len: u32,
+    key: u64,
+    count: u32,
+    body_crc: u32,
+}
+
+/// Decodes a record header at the start of `buf`, or says why it is not one.
+fn decode_header(buf: &[u8], magic: u32, max_body: u32) -> std::result::Result<RecordHeader, &'static str> {
+    let header = buf.get(..RECORD_HEADER).ok_or("incomplete record header")?;
+    if u32_at(header, 0) != magic {
+        return Err("bad record magic");
+    }
+    if crc32c(header.get(..24).unwrap_or_default()) != u32_at(header, 24) {
+        return Err("record header checksum mismatch");
+    }
+    let h = RecordHeader {
+        body_len: u32_at(header, 4),
+        key: u64_at(header, 8),
+        count: u32_at(header, 16),
+        body_crc: u32_at(header, 20),
+    };
+    if h.body_len > max_body {
+        return Err("record longer than the limit");
+    }
+    Ok(h)
+}
+
+/// Whether a valid record header of `magic` with key `>= min_key` starts anywhere in `buf`.
+fn any_record_after(buf: &[u8], magic: u32, max_body: u32, min_key: u64) -> bool {
+    let m = magic.to_le_bytes();
+    (0..buf.len()).any(|i| {
+        buf.get(i..i.saturating_add(4)) == Some(&m[..])
+            && buf
+                .get(i..)
+                .and_then(|b| decode_header(b, magic, max_body).ok())
+                .is_some_and(|h| h.key >= min_key)
+    })
+}
+
+struct Scanned {
+    records: Vec<(u64, RecordHeader)>,
+    valid_end: u64,
+}
+
+/// Scans the records of `data` from `start`. `tail` allows a torn last record (cut off);
+/// `check_key` checks each record's key in order and returns the next expected one.
+#[expect(clippy::too_many_arguments, reason = "one private helper for two record files")]
+fn scan(
+    name: &str,
+    data: &[u8],
+    start: usize,
+    magic: u32,
+    max_body: u32,
+    tail: bool,
+    verify_bodies: bool,
+    mut next_key: impl FnMut(&RecordHeader) -> std::result::Result<u64, &'static str>,
+    mut min_key: u64,
+) -> Result<Scanned> {
+    let mut records = Vec::new();
+    let mut at = start;
+    while at < data.len() {
+        let rest = data.get(at..).unwrap_or_default();
+        let problem = match decode_header(rest, magic, max_body) {
+            Err(why) => Some(why),
+            Ok(h) => {
+                let end = RECORD_HEADER.saturating_add(h.body_len as usize);
+                match rest.get(RECORD_HEADER..end) {
+                    None => Some("record extends past the end of the file"),
+                    Some(body) if verify_bodies && crc32c(body) != h.body_crc => {
+                        Some("record body checksum mismatch")
+                    }
+                    Some(_) => match next_key(&h) {
+                        Err(why) => Some(why),
+                        Ok(next) => {
+                            records.push((at as u64, h));
+                            min_key = next;
+                            at = at.saturating_add(end);
+                            None
+                        }
+                    },
+                }
+            }
+        };
+        if let Some(why) = problem {
+            let later = data.get(at.saturating_add(1)..).unwrap_or_default();
+            if tail && !any_record_after(later, magic, max_body, min_key) {
+                return Ok(Scanned { records, valid_end: at as u64 });
+            }
+            return Err(corrupt(name, at as u64, why));
+        }
+    }
+    Ok(Scanned { records, valid_end: at as u64 })
+}
+
+fn read_all(file: &dyn FileHandle, name: &str) -> Result<Vec<u8>> {
+    let len = file.size().map_err(|e| io_error("read", name, e))?;
+    let len = usize::try_from(len).map_err(|_| corrupt(name, 0, "file too large"))?;
+    let mut data = vec![0u8; len];
+    file.read_exact_at(&mut data, 0).map_err(|e| io_error("read", name, e))?;
+    Ok(data)
+}
+
+impl SegmentStorage {
+    /// Opens (or creates) the log in `fs`, recovering from a crash: a torn tail is cut, and
+    /// damage anywhere else is an [`ErrorCode::DataCorrupted`] error naming the file and
+    /// offset.
+    pub async fn open(fs: Arc<dyn FileSystem>, options: SegmentOptions) -> Result<Self> {
+        tokio::task::spawn_blocking(move || Self::open_blocking(fs, options))
+            .await
+            .map_err(|e| Error::internal("the open task failed").with_source(e))?
+    }
+
+    /// [`Self::open`] without a runtime.
+    pub fn open_blocking(fs: Arc<dyn FileSystem>, options: SegmentOptions) -> Result<Self> {
+        let names = fs.list().map_err(|e| io_error("list", "the log directory", e))?;
+        let mut firsts: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
+        firsts.sort_unstable();
+        let max_body = options.max_frame_bytes;
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut size = 0u64;
+        let count = firsts.len();
+        for (i, first) in firsts.into_iter().enumerate() {
+            let name = segment_name(first);
+            let last = i + 1 == count;
+            let file = fs.open(&name, false).map_err(|e| io_error("open", &name, e))?;
+            let data = read_all(file.as_ref(), &name)?;
+            let header_ok = data.get(..SEGMENT_HEADER).is_some_and(|h| {
+                h.get(..8) == Some(&SEGMENT_MAGIC[..])
+                    && crc32c(h.get(..24).unwrap_or_default()) == u32_at(h, 24)
+                    && u32_at(h, 28) == 0
+            });
+            if !header_ok {
+                if last && data.len() <= SEGMENT_HEADER && i > 0 {
+                    // Torn while being created: it never held an acknowledged entry.
+                    fs.remove(&name).map_err(|e| io_error("remove", &name, e))?;
+                    fs.sync_dir().map_err(|e| io_error("sync", "the log directory", e))?;
+                    continue;
+                }
+                if !(last && i == 0 && data.len() <= SEGMENT_HEADER) {
+                    return Err(corrupt(&name, 0, "bad segment header"));
+                }
+                // The very first segment, torn at creation: start again.
+                file.set_len(0).map_err(|e| io_error("truncate", &name, e))?;
+                file.write_all_at(&segment_header(0), 0).map_err(|e| io_error("write", &name, e))?;
+                file.sync_data().map_err(|e| io_error("sync", &name, e))?;
+                segments.push(Segment {
+                    name,
+                    first: 0,
+                    file,
+                    frames: Vec::new(),
+                    len: SEGMENT_HEADER as u64,
+                });
+                continue;
+            }
+            let version = u32_at(&data, 8);
+            if version != SEGMENT_FORMAT_VERSION {
+                return Err(Error::new(
+                    ErrorCode::FailedPrecondition,
+                    format!(
+                        "segment `{name}` has format version {version}; this build reads {SEGMENT_FORMAT_VERSION}"
+                    ),
+                ));
+            }
+            if u64_at(&data, 16) != first || first != size {
+                return Err(corrupt(
+                    &name,
+                    16,
+                    "the segment's first index does not follow the previous segment",
+                ));
+            }
+            let mut expected = first;
+            let scanned = scan(
+                &name,
+                &data,
+                SEGMENT_HEADER,
+                FRAME_MAGIC,
+                max_body,
+                last,
+                last,
+                |h| {
+                    if h.key != expected || h.count == 0 {
+                        return Err("frame index out of sequence");
+                    }
+                    expected = expected.saturating_add(u64::from(h.count));
+                    Ok(expected)
+                },
+                first,
+            )?;
+            if scanned.valid_end < data.len() as u64 {
+                file.set_len(scanned.valid_end).map_err(|e| io_error("truncate", &name, e))?;
+                file.sync_data().map_err(|e| io_error("sync", &name, e))?;
+            }
+            let frames: Vec<FrameRef> = scanned
+                .records
+                .iter()
+                .map(|(offset, h)| FrameRef {
+                    first: h.key,
+                    count: h.count,
+                    offset: *offset,
+                    len: h.body_len.saturating_add(RECORD_HEADER as u32),
+                })
+                .collect();
+            size = expected;
+            segments.push(Segment { name, first, file, frames, len: scanned.valid_end });
+        }
+        if segments.is_empty() {
+            segments.push(create_segment(fs.as_ref(), 0)?);
+        }
+
+        // Checkpoints.
+        let checkpoint_file = fs.open(CHECKPOINTS, true).map_err(|e| io_error("open", CHECKPOINTS, e))?;
+        let data = read_all(checkpoint_file.as_ref(), CHECKPOINTS)?;
+        let mut last_size = 0u64;
+        let scanned = scan(
+            CHECKPOINTS,
+            &data,
+            0,
+            CHECKPOINT_MAGIC,
+            crate::note::MAX_NOTE_LEN as u32,
+            true,
+            true,
+            |h| {
+                if h.key < last_size {
+                    return Err("checkpoint sizes go backwards");
+                }
+                last_size = h.key;
+                Ok(h.key)
+            },
+            0,
+        )?;
+        if scanned.valid_end < data.len() as u64 {
+            checkpoint_file.set_len(scanned.valid_end).map_err(|e| io_error("truncate", CHECKPOINTS, e))?;
+            checkpoint_file.sync_data().map_err(|e| io_error("sync", CHECKPOINTS, e))?;
+        }
+        let checkpoints: Vec<StoredCheckpoint> = scanned
+            .records
+            .iter()
+            .map(|(offset, h)| {
+                let start = (*offset as usize).saturating_add(RECORD_HEADER);
+                let body = data.get(start..start.saturating_add(h.body_len as usize)).unwrap_or_default();
+                StoredCheckpoint { size: h.key, note: Bytes::copy_from_slice(body) }
+            })
+            .collect();
+
+        // Stored hashes: keep those the latest checkpoint made durable.
+        let hashes = fs.open(HASHES, true).map_err(|e| io_error("open", HASHES, e))?;
+        let integrated = checkpoints.last().map_or(0, |c| c.size);
+        let needed = stored_hash_count(integrated);
+        let file_len = hashes.size().map_err(|e| io_error("read", HASHES, e))?;
+        let have = file_len / 32;
+        if have < needed {
+            return Err(corrupt(
+                HASHES,
+                have.saturating_mul(32),
+                &format!(
+                    "the checkpoint of size {integrated} needs {needed} stored hashes, the file has {have}"
+                ),
+            ));
+        }
+        if file_len != needed.saturating_mul(32) {
+            hashes.set_len(needed.saturating_mul(32)).map_err(|e| io_error("truncate", HASHES, e))?;
+            hashes.sync_data().map_err(|e| io_error("sync", HASHES, e))?;
+        }
+        fs.sync_dir().map_err(|e| io_error("sync", "the log directory", e))?;
+
+        let clock = Arc::clone(&options.clock);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                fs,
+                options,
+                writer: Mutex::new(()),
+                index: RwLock::new(Index { segments, size }),
+                meta: Mutex::new(Meta {
+                    hashes,
+                    hash_count: needed,
+                    integrated,
+                    checkpoint_file,
+                    checkpoint_len: scanned.valid_end,
+                    checkpoints,
+                    leases: LeaseTable::new(clock),
+                }),
+                failed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || f(&shared))
+            .await
+            .map_err(|e| Error::internal("an audit storage task failed").with_source(e))?
+    }
+}
+
+fn create_segment(fs: &dyn FileSystem, first: u64) -> Result<Segment> {
+    let name = segment_name(first);
+    let file = fs.open(&name, true).map_err(|e| io_error("create", &name, e))?;
+    file.set_len(0).map_err(|e| io_error("truncate", &name, e))?;
+    file.write_all_at(&segment_header(first), 0).map_err(|e| io_error("write", &name, e))?;
+    file.sync_data().map_err(|e| io_error("sync", &name, e))?;
+    fs.sync_dir().map_err(|e| io_error("sync", "the log directory", e))?;
+    Ok(Segment { name, first, file, frames: Vec::new(), len: SEGMENT_HEADER as u64 })
+}
+
+impl Shared {
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn state(&self) -> StorageState {
+        let size = self.index().size;
+        StorageState { size, integrated_size: lock(&self.meta).integrated }
+    }
+
+    /// Appends `frame`: a record whose header (the first 28 bytes) is filled in here.
+    fn append(&self, frame: &mut [u8], count: u32) -> Result<u64> {
+        let _writer = lock(&self.writer);
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::unavailable("audit storage failed to write earlier; reopen it to recover"));
+        }
+        let result = self.append_locked(frame, count);
+        if result.is_err() {
+            self.failed.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    fn append_locked(&self, frame: &mut [u8], count: u32) -> Result<u64> {
+        let (first, file, name, offset, roll) = {
+            let index = self.index();
+            let seg = index.segments.last().ok_or_else(|| Error::internal("no segment"))?;
+            (
+                index.size,
+                Arc::clone(&seg.file),
+                seg.name.clone(),
+                seg.len,
+                seg.len >= self.options.max_segment_bytes,
+            )
+        };
+        let (file, name, offset) = if roll {
+            let seg = create_segment(self.fs.as_ref(), first)?;
+            let out = (Arc::clone(&seg.file), seg.name.clone(), seg.len);
+            self.index_mut().segments.push(seg);
+            out
+        } else {
+            (file, name, offset)
+        };
+        seal_record(frame, FRAME_MAGIC, first, count)?;
+        file.write_all_at(frame, offset).map_err(|e| io_error("write", &name, e))?;
+        file.sync_data().map_err(|e| io_error("sync", &name, e))?;
+        let len = u32::try_from(frame.len()).map_err(|_| Error::internal("frame too large"))?;
+        let mut index = self.index_mut();
+        if let Some(seg) = index.segments.last_mut() {
+            seg.frames.push(FrameRef { first, count, offset, len });
+            seg.len = offset.saturating_add(u64::from(len));
+        }
+        index.size = first.saturating_add(u64::from(count));
+        Ok(first)
+    }
+
+    fn read_entries(&self, start: u64, end: u64) -> Result<Vec<Bytes>> {
+        let (name, file, frames) = {
+            let index = self.index();
+            check_range(start, end, index.size)?;
+            let pos = index.segments.partition_point(|s| s.first <= start);
+            let seg =
+                index.segments.get(pos.saturating_sub(1)).ok_or_else(|| Error::internal("no segment"))?;
+            let from = seg.frames.partition_point(|f| f.first.saturating_add(u64::from(f.count)) <= start);
+            let mut frames = Vec::new();
+            let mut bytes = 0u64;
+            for f in seg.frames.get(from..).unwrap_or_default() {
+                if f.first >= end || (bytes > 0 && bytes.saturating_add(u64::from(f.len)) > MAX_READ) {
+                    break;
+                }
+                bytes = bytes.saturating_add(u64::from(f.len));
+                frames.push(f.clone());
+            }
+            (seg.name.clone(), Arc::clone(&seg.file), frames)
+        };
+        let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
+            return Err(Error::internal("no frame holds the entries"));
+        };
+        let base = first.offset;
+        let total = last.offset.saturating_add(u64::from(last.len)).saturating_sub(base);
+        let mut buf = vec![0u8; usize::try_from(total).map_err(|_| Error::internal("read too large"))?];
+        file.read_exact_at(&mut buf, base).map_err(|e| io_error("read", &name, e))?;
+        let buf = Bytes::from(buf);
+        let mut out = Vec::new();
+        for f in &frames {
+            let at = usize::try_from(f.offset - base).unwrap_or(usize::MAX);
+            let record = buf.get(at..).unwrap_or_default();
+            let h = decode_header(record, FRAME_MAGIC, self.options.max_frame_bytes)
+                .map_err(|why| corrupt(&name, f.offset, why))?;
+            if h.key != f.first || h.count != f.count {
+                return Err(corrupt(&name, f.offset, "frame header changed"));
+            }
+            let body_start = at.saturating_add(RECORD_HEADER);
+            let body_end = body_start.saturating_add(h.body_len as usize);
+            let body =
+                buf.get(body_start..body_end).ok_or_else(|| corrupt(&name, f.offset, "short frame"))?;
+            if crc32c(body) != h.body_crc {
+                return Err(corrupt(&name, f.offset, "record body checksum mismatch"));
+            }
+            let mut p = body_start;
+            for i in 0..u64::from(f.count) {
+                let len = buf.get(p..p.saturating_add(4)).map(|b| u32_at(b, 0) as usize);
+                let len = len.ok_or_else(|| corrupt(&name, f.offset, "entry length past the frame"))?;
+                let entry_end = p.saturating_add(4).saturating_add(len);
+                if entry_end > body_end {
+                    return Err(corrupt(&name, f.offset, "entry past the frame"));
+                }
+                let index = f.first.saturating_add(i);
+                if index >= start && index < end {
+                    out.push(buf.slice(p.saturating_add(4)..entry_end));
+                }
+                p = entry_end;
+            }
+            if p != body_end {
+                return Err(corrupt(&name, f.offset, "frame has trailing bytes"));
+            }
+        }
+        Ok(out)
+    }
+
+    fn append_hashes(&self, lease: &Lease, from: u64, to: u64, hashes: &[Hash]) -> Result<()> {
+        let size = self.index().size;
+        let mut meta = lock(&self.meta);
+        meta.leases.check(lease)?;
+        check_hash_append(StorageState { size, integrated_size: meta.integrated }, from, to, hashes.len())?;
+        let bytes: Vec<u8> = hashes.iter().flat_map(|h| h.iter().copied()).collect();
+        meta.hashes
+            .write_all_at(&bytes, meta.hash_count.saturating_mul(32))
+            .map_err(|e| io_error("write", HASHES, e))?;
+        meta.hash_count = meta.hash_count.saturating_add(hashes.len() as u64);
+        meta.integrated = to;
+        Ok(())
+    }
+
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>> {
+        let (file, count) = {
+            let meta = lock(&self.meta);
+            (Arc::clone(&meta.hashes), meta.hash_count)
+        };
+        let mut out = Vec::with_capacity(indexes.len());
+        let mut i = 0usize;
+        while let Some(&start) = indexes.get(i) {
+            let mut run = 1usize;
+            while indexes.get(i.saturating_add(run)) == Some(&start.saturating_add(run as u64)) {
+                run = run.saturating_add(1);
+            }
+            let end = start.saturating_add(run as u64);
+            if end > count {
+                return Err(Error::invalid_argument(format!(
+                    "stored hash {} is beyond the integrated tree",
+                    end - 1
+                )));
+            }
+            let mut buf = vec![0u8; run.saturating_mul(32)];
+            file.read_exact_at(&mut buf, start.saturating_mul(32))
+                .map_err(|e| io_error("read", HASHES, e))?;
+            for chunk in buf.chunks_exact(32) {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(chunk);
+                out.push(h);
+            }
+            i = i.saturating_add(run);
+        }
+        Ok(out)
+    }
+
+    fn store_checkpoint(&self, lease: &Lease, size: u64, note: &[u8]) -> Result<()> {
+        let entries = self.index().size;
+        let mut meta = lock(&self.meta);
+        meta.leases.check(lease)?;
+        check_checkpoint(
+            StorageState { size: entries, integrated_size: meta.integrated },
+            meta.checkpoints.last(),
+            size,
+        )?;
+        if note.len() > crate::note::MAX_NOTE_LEN {
+            return Err(Error::invalid_argument("checkpoint note too large"));
+        }
+        meta.hashes.sync_data().map_err(|e| io_error("sync", HASHES, e))?;
+        let mut record = Vec::with_capacity(note.len().saturating_add(RECORD_HEADER));
+        encode_record(&mut record, CHECKPOINT_MAGIC, size, 0, note)?;
+        meta.checkpoint_file
+            .write_all_at(&record, meta.checkpoint_len)
+            .map_err(|e| io_error("write", CHECKPOINTS, e))?;
+        meta.checkpoint_file.sync_data().map_err(|e| io_error("sync", CHECKPOINTS, e))?;
+        meta.checkpoint_len = meta.checkpoint_len.saturating_add(record.len() as u64);
+        meta.checkpoints.push(StoredCheckpoint { size, note: Bytes::copy_from_slice(note) });
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl LogStorage for SegmentStorage {
+    async fn append(&self, entries: &[Bytes]) -> Result<u64> {
+        let count = u32::try_from(entries.len()).map_err(|_| Error::invalid_argument("batch too large"))?;
+        if count == 0 {
+            return Err(Error::invalid_argument("an empty batch"));
+        }
+        let total: usize = entries.iter().map(|e| e.len().saturating_add(4)).sum();
+        if total > self.shared.options.max_frame_bytes as usize {
+            return Err(Error::invalid_argument(format!(
+                "a batch of {total} bytes is larger than the frame limit {}",
+                self.shared.options.max_frame_bytes
+            )));
+        }
+        let mut frame = Vec::with_capacity(total.saturating_add(RECORD_HEADER));
+        frame.resize(RECORD_HEADER, 0);
+        for e in entries {
+            let len = u32::try_from(e.len()).map_err(|_| Error::invalid_argument("entry too large"))?;
+            frame.extend_from_slice(&len.to_le_bytes());
+            frame.extend_from_slice(e);
+        }
+        self.blocking(move |s| s.append(&mut frame, count)).await
+    }
+
+    async fn state(&self) -> Result<StorageState> {
+        Ok(self.shared.state())
+    }
+
+    async fn read_entries(&self, start: u64, end: u64) -> Result<Vec<Bytes>> {
+        self.blocking(move |s| s.read_entries(start, end)).await
+    }
+
+    async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<Lease> {
+        lock(&self.shared.meta).leases.acquire(holder, ttl)
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<()> {
+        lock(&self.shared.meta).leases.release(lease);
+        Ok(())
+    }
+
+    async fn append_hashes(&self, lease: &Lease, from: u64, to: u64, hashes: &[Hash]) -> Result<()> {
+        let (lease, hashes) = (lease.clone(), hashes.to_vec());
+        self.blocking(move |s| s.append_hashes(&lease, from, to, &hashes)).await
+    }
+
+    async fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>> {
+        let indexes = indexes.to_vec();
+        self.blocking(move |s| s.read_hashes(&indexes)).await
+    }
+
+    async fn store_checkpoint(&self, lease: &Lease, size: u64, note: &[u8]) -> Result<()> {
+        let (lease, note) = (lease.clone(), note.to_vec());
+        self.blocking(move |s| s.store_checkpoint(&lease, size, &note)).await
+    }
+
+    async fn checkpoints(&self, from_size: u64, limit: usize) -> Result<Vec<StoredCheckpoint>> {
+        let meta = lock(&self.shared.meta);
+        Ok(meta.checkpoints.iter().filter(|c| c.size >= from_size).take(limit).cloned().collect())
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>> {
+        Ok(lock(&self.shared.meta).checkpoints.last().cloned())
+    }
+}
+
+/// Changes entry `index` in the segment files of `fs` (xors its first byte with `byte`) and
+/// recomputes the frame checksums: tampering only the Merkle tree can catch. For tests.
+pub(crate) fn rewrite_entry(fs: &crate::fs::FaultyFileSystem, index: u64, byte: u8) -> Result<()> {
+    let names = fs.list().map_err(|e| io_error("list", "the log directory", e))?;
+    for name in names {
+        if parse_segment_name(&name).is_none() {
+            continue;
+        }
+        let Some(mut data) = fs.read_file(&name) else { continue };
+        let mut at = SEGMENT_HEADER;
+        while at < data.len() {
+            let h = decode_header(data.get(at..).unwrap_or_default(), FRAME_MAGIC, u32::MAX)
+                .map_err(|why| corrupt(&name, at as u64, why))?;
+            let body = at.saturating_add(RECORD_HEADER);
+            let body_end = body.saturating_add(h.body_len as usize);
+            if index >= h.key && index < h.key.saturating_add(u64::from(h.count)) {
+                let mut p = body;
+                for _ in h.key..index {
+                    p = p.saturating_add(4).saturating_add(u32_at(&data, p) as usize);
+                }
+                let target =
+                    data.get_mut(p.saturating_add(4)).ok_or_else(|| corrupt(&name, p as u64, "short"))?;
+                *target ^= byte;
+                let body_bytes = data.get(body..body_end).unwrap_or_default().to_vec();
+                let mut record = Vec::new();
+                encode_record(&mut record, FRAME_MAGIC, h.key, h.count, &body_bytes)?;
+                data.splice(at..body_end, record);
+                fs.write_file(&name, data);
+                return Ok(());
+            }
+            at = body_end;
+        }
+    }
+    Err(Error::not_found(format!("no entry {index}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::FaultyFileSystem;
+
+    fn open(fs: &FaultyFileSystem) -> Result<SegmentStorage> {
+        SegmentStorage::open_blocking(Arc::new(fs.clone()), SegmentOptions::default())
+    }
+
+    #[test]
+    fn an_unknown_format_version_is_refused_by_name() {
+        let fs = FaultyFileSystem::new();
+        open(&fs).unwrap();
+        let name = segment_name(0);
+        let mut data = fs.read_file(&name).unwrap();
+        data[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let crc = crc32c(&data[..24]);
+        data[24..28].copy_from_slice(&crc.to_le_bytes());
+        fs.write_file(&name, data);
+        let error = open(&fs).unwrap_err();
+        assert_eq!(error.code(), ErrorCode::FailedPrecondition);
+        assert!(error.message().contains("version 2") && error.message().contains(&name), "{error}");
+    }
+
+    #[test]
+    fn damage_before_a_valid_frame_is_corruption_not_a_torn_tail() {
+        let fs = FaultyFileSystem::new();
+        let storage = open(&fs).unwrap();
+        for i in 0..3u8 {
+            let mut frame = vec![0u8; RECORD_HEADER];
+            frame.extend_from_slice(&1u32.to_le_bytes());
+            frame.push(i);
+            storage.shared.append(&mut frame, 1).unwrap();
+        }
+        drop(storage);
+        let name = segment_name(0);
+        let clean = fs.read_file(&name).unwrap();
+        // The middle frame's body: corruption, reported with the file and offset.
+        let mut data = clean.clone();
+        let second = SEGMENT_HEADER + RECORD_HEADER + 5;
+        data[second + RECORD_HEADER + 4] ^= 1;
+        fs.write_file(&name, data);
+        let error = open(&fs).unwrap_err();
+        assert_eq!(error.code(), ErrorCode::DataCorrupted);
+        assert_eq!(error.detail("offset"), Some(second.to_string().as_str()), "{error}");
+        assert_eq!(error.detail("file"), Some(name.as_str()));
+        // The last frame's body: a torn tail, cut.
+        let mut data = clean;
+        let last = data.len() - 1;
+        data[last] ^= 1;
+        fs.write_file(&name, data);
+        let storage = open(&fs).unwrap();
+        assert_eq!(storage.shared.state().size, 2);
+    }
+}

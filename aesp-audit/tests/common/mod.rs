@@ -1,0 +1,38 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::sync::Arc;
+
+use aesp_audit::{AuditLog, AuditLogOptions, LogStorage, NoteSigner};
+use aesp_core::{Ed25519Signer, proto::v1::AuditEvent};
+
+pub(crate) const ORIGIN: &str = "audit.example.com/test";
+
+pub(crate) fn signer(seed: u8, name: &str) -> NoteSigner {
+    NoteSigner::new(name, Arc::new(Ed25519Signer::from_seed(&[seed; 32]))).unwrap()
+}
+
+pub(crate) fn event(task: u64, seq: u64) -> AuditEvent {
+    AuditEvent {
+        event_id: format!("{task:04}-{seq:08}"),
+        timestamp_ms: 1_700_000_000_000 + seq,
+        event_type: "TOOL_INVOCATION_START".into(),
+        principal_id: format!("agent-{task}"),
+        tenant_id: "acme".into(),
+        resource: "tool:payments.refund".into(),
+        action: "invoke".into(),
+        outcome: "SUCCESS".into(),
+        metadata: [("correlation_id".to_owned(), format!("c-{seq}"))].into_iter().collect(),
+        ..AuditEvent::default()
+    }
+}
+
+pub(crate) fn options() -> AuditLogOptions {
+    let mut options = AuditLogOptions::new(ORIGIN);
+    options.checkpoint_every = 50;
+    options
+}
+
+pub(crate) async fn open_log(storage: Arc<dyn LogStorage>, signer: &NoteSigner) -> AuditLog {
+    AuditLog::open(storage, signer.clone(), options()).await.unwrap()
+}

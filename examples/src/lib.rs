@@ -1,0 +1,1 @@
+//! Examples of AESP live beside this file; this library is empty.
