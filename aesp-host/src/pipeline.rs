@@ -184,22 +184,23 @@ impl Host {
     /// Runs every check; on refusal, audits it and returns the error.
     async fn admit_call(&self, caller: &Caller, call: ToolCall, admitted: Admitted) -> Result<Ready> {
         let resource = format!("tool:{}", call.tool_name);
-        let mut refusal =
-            self.event("AUTHORIZATION_DENIED", Some(caller), &resource, INVOKE_ACTION, "DENIED");
-        refusal.session_id.clone_from(&call.session_id);
-        refusal.metadata.insert("invocation_id".into(), call.invocation_id.clone());
-        refusal.metadata.insert("correlation_id".into(), call.correlation_id.clone());
+        let (session_id, invocation_id, correlation_id) =
+            (call.session_id.clone(), call.invocation_id.clone(), call.correlation_id.clone());
         match self.checks(caller, call, admitted).await {
             Ok(ready) => Ok(ready),
             Err((error, decision)) => {
+                let mut refusal =
+                    self.event("AUTHORIZATION_DENIED", Some(caller), &resource, INVOKE_ACTION, "DENIED");
+                refusal.session_id = session_id;
+                refusal.metadata.insert("invocation_id".into(), invocation_id);
+                refusal.metadata.insert("correlation_id".into(), correlation_id.clone());
                 refusal.metadata.insert("reason".into(), error.message().to_owned());
                 refusal.policy_violations.push(error.code_str().to_owned());
                 if let Some((decision, input, snapshot)) = decision {
                     describe_decision(&mut refusal, &decision, &input, &snapshot);
                 }
                 self.record(&refusal).await?;
-                Err(error
-                    .with_correlation_id(refusal.metadata.get("correlation_id").cloned().unwrap_or_default()))
+                Err(error.with_correlation_id(correlation_id))
             }
         }
     }

@@ -70,7 +70,12 @@ impl Snapshot {
 
     /// The digest in lowercase hexadecimal.
     pub fn digest_hex(&self) -> String {
-        self.inner.digest.iter().map(|b| format!("{b:02x}")).collect()
+        let mut hex = String::with_capacity(64);
+        for byte in &self.inner.digest {
+            hex.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
+            hex.push(char::from_digit(u32::from(byte & 0x0f), 16).unwrap_or('0'));
+        }
+        hex
     }
 
     /// The declared attributes.
