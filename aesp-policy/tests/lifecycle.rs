@@ -274,10 +274,51 @@ async fn rollback_restores_the_exact_previous_snapshot() {
     assert!(fresh.engine().decide_with(&under_after, &request(5000)).allowed());
 }
 
+/// A store that yields to the scheduler before every operation, so that concurrent tasks
+/// interleave their reads and commits (a `MemoryStore` alone completes without yielding, and
+/// tasks would then often run one after another).
+#[derive(Debug)]
+struct YieldingStore(MemoryStore);
+
+#[async_trait::async_trait]
+impl StateStore for YieldingStore {
+    async fn get(&self, key: &[u8]) -> aesp_core::Result<Option<aesp_core::KeyValue>> {
+        tokio::task::yield_now().await;
+        self.0.get(key).await
+    }
+    async fn range(&self, request: aesp_core::RangeRequest) -> aesp_core::Result<aesp_core::RangePage> {
+        tokio::task::yield_now().await;
+        self.0.range(request).await
+    }
+    async fn txn(&self, txn: aesp_core::Txn) -> aesp_core::Result<aesp_core::TxnOutcome> {
+        tokio::task::yield_now().await;
+        self.0.txn(txn).await
+    }
+    async fn watch(&self, prefix: &[u8], from: u64) -> aesp_core::Result<aesp_core::WatchStream> {
+        self.0.watch(prefix, from).await
+    }
+    async fn current_revision(&self) -> aesp_core::Result<u64> {
+        tokio::task::yield_now().await;
+        self.0.current_revision().await
+    }
+    async fn compacted_revision(&self) -> aesp_core::Result<u64> {
+        self.0.compacted_revision().await
+    }
+    async fn compact(&self, revision: u64) -> aesp_core::Result<()> {
+        self.0.compact(revision).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_promotions_never_leave_two_active_versions() {
-    let f = fixture().await;
-    let l = f.lifecycle.clone();
+    let store = Arc::new(YieldingStore(MemoryStore::new(aesp_core::StateStoreOptions::default())));
+    let l = Arc::new(PolicyLifecycle::new(
+        Arc::new(Engine::default()),
+        store,
+        Arc::new(ManualClock::new(DAY_MS)),
+        LifecycleConfig::new(Schema::new(), KEY),
+    ));
+    l.load().await.unwrap();
     let mut conflicts = 0;
     for round in 0..4 {
         let mut versions = Vec::new();
