@@ -20,95 +20,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aesp_core::proto::v1::{PolicyDefinition, PolicyRule, RoleDefinition, Value};
-use aesp_policy::{AttributeType, Engine, Principal, Request, Resource, Schema, SnapshotBuilder};
+use aesp_benches::TENANT;
+use aesp_core::proto::v1::Value;
+use aesp_policy::{Engine, Principal, Request, Resource};
 use criterion::Criterion;
 
-const TENANT: &str = "acme";
 /// 2023-11-14T10:13:20Z.
 const TIME_MS: u64 = 1_699_956_800_000;
 
-/// The role hierarchy, most senior first: each role inherits the one after it.
-const ROLES: [(&str, &str); 5] = [
-    ("director", "tool:hr.*:read"),
-    ("manager", "files/**:read"),
-    ("lead", "tool:crm.*:read"),
-    ("senior", "tool:reports.*:read"),
-    ("analyst", "tool:sql.*:invoke"),
-];
-
-/// (id, effect, applies_to, actions, condition).
-type PolicySpec =
-    (&'static str, &'static str, &'static [&'static str], &'static [&'static str], &'static str);
-
-const POLICIES: [PolicySpec; 10] = [
-    // The three that apply to the benchmark request.
-    (
-        "sql-analysts",
-        "ALLOW",
-        &["tool:sql.*"],
-        &["invoke"],
-        "'analyst' in request.user.roles && request.estimated_cost <= request.user.spending_limit",
-    ),
-    ("expensive", "AUDIT", &["tool:**"], &[], "request.estimated_cost > 10.0"),
-    (
-        "outside-network",
-        "DENY",
-        &["tool:sql.*"],
-        &["invoke"],
-        "!cidr('10.0.0.0/8').containsIP(request.source_ip)",
-    ),
-    // Seven about other resources or actions.
-    ("refund-limit", "DENY", &["tool:payments.refund"], &["invoke"], "request.params.amount > 1000"),
-    ("crm-read", "ALLOW", &["tool:crm.*"], &["read"], "request.user.mfa_verified"),
-    ("files-delete", "DENY", &["files/**"], &["delete"], "!('admin' in request.user.roles)"),
-    ("hr-access", "AUDIT", &["tool:hr.*"], &[], "true"),
-    ("reports", "ALLOW", &["tool:reports.*"], &["read"], "request.time.getHours() >= 9"),
-    ("sql-admin", "DENY", &["tool:sql.admin"], &[], "request.user.clearance != 'top_secret'"),
-    ("sql-write", "ALLOW", &["tool:sql.*"], &["write"], "'lead' in request.user.roles"),
-];
-
+/// The engine with the shared fixture: the 5-level role hierarchy and the ten policies
+/// (`aesp_benches::POLICIES`), the same as the Host benchmark's.
 fn aesp_engine() -> Engine {
-    let schema =
-        Schema::new().with_principal_attribute("spending_limit", AttributeType::Double).expect("schema");
-    let mut builder = SnapshotBuilder::new(1, schema);
-    for (index, (role, permission)) in ROLES.iter().enumerate() {
-        let parents = ROLES.get(index + 1).map(|(parent, _)| vec![(*parent).to_owned()]).unwrap_or_default();
-        builder
-            .add_role(
-                TENANT,
-                RoleDefinition {
-                    role_id: (*role).to_owned(),
-                    parent_roles: parents,
-                    permissions: vec![(*permission).to_owned()],
-                    ..Default::default()
-                },
-            )
-            .expect("role");
-    }
-    builder.assign_role(TENANT, "alice", "director");
-    for (id, effect, applies_to, actions, condition) in POLICIES {
-        builder
-            .add_policy(
-                TENANT,
-                PolicyDefinition {
-                    policy_id: id.to_owned(),
-                    version: "1".to_owned(),
-                    enabled: true,
-                    applies_to: applies_to.iter().map(|s| (*s).to_owned()).collect(),
-                    rule: Some(PolicyRule {
-                        condition: condition.to_owned(),
-                        effect: effect.to_owned(),
-                        actions: actions.iter().map(|s| (*s).to_owned()).collect(),
-                        parameters: BTreeMap::new(),
-                    }),
-                    ..Default::default()
-                },
-            )
-            .expect("policy");
-    }
     let engine = Engine::default();
-    engine.install(engine.build(&builder).expect("snapshot"));
+    engine.install(engine.build(&aesp_benches::ten_policy_snapshot()).expect("snapshot"));
     engine
 }
 
@@ -163,7 +87,7 @@ mod cedar {
         Authorizer, Context, Decision, Entities, Entity, EntityUid, PolicySet, Request, RestrictedExpression,
     };
 
-    use super::ROLES;
+    use aesp_benches::ROLES;
 
     const POLICIES: &str = r#"
         // The role permissions (RBAC), one per role.
