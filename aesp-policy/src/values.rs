@@ -199,6 +199,29 @@ fn no_such_key<'b, 'v>(name: &str) -> Result<CowVal<'b, 'v>, ExecutionError> {
     Err(ExecutionError::no_such_key(name))
 }
 
+/// Implements CEL's `Indexer` for views whose fields are read by their own `field` method.
+macro_rules! indexed_by_field {
+    ($($view:ident),+) => {$(
+        impl<'r> Indexer for $view<'r> {
+            fn get<'b, 'v>(&'b self, index: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
+            where
+                Self: 'v,
+            {
+                self.field(field_name(index)?)
+            }
+
+            fn steal<'v>(self: Box<Self>, index: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
+            where
+                Self: 'v,
+            {
+                self.get(index).map(CowVal::into_owned)
+            }
+        }
+    )+};
+}
+
+indexed_by_field!(RequestView, UserView, ResourceView, TenantView, SessionView);
+
 impl<'r> RequestView<'r> {
     /// The field `name`, borrowing what it can from the request.
     pub(crate) fn field(self, name: &str) -> Result<CowVal<'r, 'r>, ExecutionError> {
@@ -223,22 +246,6 @@ impl<'r> RequestView<'r> {
             "estimated_cost" => CowVal::owned(CelDouble::from(request.estimated_cost)),
             other => return no_such_key(other),
         })
-    }
-}
-
-impl<'r> Indexer for RequestView<'r> {
-    fn get<'b, 'v>(&'b self, index: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
-    where
-        Self: 'v,
-    {
-        self.field(field_name(index)?)
-    }
-
-    fn steal<'v>(self: Box<Self>, index: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
-    where
-        Self: 'v,
-    {
-        self.get(index).map(CowVal::into_owned)
     }
 }
 
@@ -287,22 +294,6 @@ impl<'r> UserView<'r> {
     }
 }
 
-impl<'r> Indexer for UserView<'r> {
-    fn get<'b, 'v>(&'b self, index: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
-    where
-        Self: 'v,
-    {
-        self.field(field_name(index)?)
-    }
-
-    fn steal<'v>(self: Box<Self>, index: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
-    where
-        Self: 'v,
-    {
-        self.get(index).map(CowVal::into_owned)
-    }
-}
-
 impl<'r> ResourceView<'r> {
     /// The field `name`, borrowing what it can from the request.
     pub(crate) fn field(self, name: &str) -> Result<CowVal<'r, 'r>, ExecutionError> {
@@ -314,22 +305,6 @@ impl<'r> ResourceView<'r> {
             "metadata" => CowVal::owned(string_map(resource.metadata.iter())),
             other => return no_such_key(other),
         })
-    }
-}
-
-impl<'r> Indexer for ResourceView<'r> {
-    fn get<'b, 'v>(&'b self, index: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
-    where
-        Self: 'v,
-    {
-        self.field(field_name(index)?)
-    }
-
-    fn steal<'v>(self: Box<Self>, index: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
-    where
-        Self: 'v,
-    {
-        self.get(index).map(CowVal::into_owned)
     }
 }
 
@@ -347,22 +322,6 @@ impl<'r> TenantView<'r> {
     }
 }
 
-impl<'r> Indexer for TenantView<'r> {
-    fn get<'b, 'v>(&'b self, index: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
-    where
-        Self: 'v,
-    {
-        self.field(field_name(index)?)
-    }
-
-    fn steal<'v>(self: Box<Self>, index: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
-    where
-        Self: 'v,
-    {
-        self.get(index).map(CowVal::into_owned)
-    }
-}
-
 impl<'r> SessionView<'r> {
     /// The field `name`, borrowing what it can from the request.
     pub(crate) fn field(self, name: &str) -> Result<CowVal<'r, 'r>, ExecutionError> {
@@ -372,22 +331,6 @@ impl<'r> SessionView<'r> {
             "metadata" => CowVal::owned(string_map(session.metadata.iter())),
             other => return no_such_key(other),
         })
-    }
-}
-
-impl<'r> Indexer for SessionView<'r> {
-    fn get<'b, 'v>(&'b self, index: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
-    where
-        Self: 'v,
-    {
-        self.field(field_name(index)?)
-    }
-
-    fn steal<'v>(self: Box<Self>, index: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
-    where
-        Self: 'v,
-    {
-        self.get(index).map(CowVal::into_owned)
     }
 }
 
