@@ -88,6 +88,9 @@ impl Completer {
         if let Some(key) = self.key.take() {
             let expires = self.table.clock.now_ms().saturating_add(self.table.window_ms);
             let mut shard = self.table.shard(&key).lock().unwrap_or_else(PoisonError::into_inner);
+            // The window of a finished call starts when it finishes: queue its eviction then
+            // (the entry queued when it began may come due while this one is still valid).
+            shard.order.push_back((expires, key.clone()));
             shard
                 .slots
                 .insert(key, (Slot::Done { digest: self.digest, outcome: Arc::clone(&outcome) }, expires));
@@ -255,5 +258,33 @@ mod tests {
             }
         }
         assert_eq!(refused.map(|e| e.code()), Some(ErrorCode::QuotaExceeded));
+    }
+
+    #[tokio::test]
+    async fn finished_entries_expire_and_free_their_place() {
+        let clock = ManualClock::new(0);
+        // One place per shard.
+        let table = Idempotency::new(Arc::new(clock.clone()), Duration::from_secs(1), SHARDS);
+        let key = |id: &str| ("acme".to_owned(), "alice".to_owned(), id.to_owned());
+        let same_shard: Vec<String> = (0..10_000)
+            .map(|i| format!("id-{i}"))
+            .filter(|id| std::ptr::eq(table.shard(&key(id)), table.shard(&key("first"))))
+            .take(2)
+            .collect();
+        // A call that begins at 0 and finishes at 500 ms is remembered until 1.5 s.
+        let Claim::First(first) = table.begin("acme", "alice", "first", [1; 32]).unwrap() else {
+            panic!("first")
+        };
+        clock.set(500);
+        first.finish(result("first"));
+        // At 1.2 s its place is still taken.
+        clock.set(1200);
+        let Err(full) = table.begin("acme", "alice", &same_shard[0], [1; 32]) else {
+            panic!("still remembered")
+        };
+        assert_eq!(full.code(), ErrorCode::QuotaExceeded);
+        // Once its window is over, its place is free again.
+        clock.set(2000);
+        assert!(matches!(table.begin("acme", "alice", &same_shard[1], [1; 32]), Ok(Claim::First(_))));
     }
 }
