@@ -700,14 +700,22 @@ impl Host {
         if caller.tenant_id() == tenant_id {
             return Ok(());
         }
+        Err(self.cross_tenant_refusal(caller, resource).await)
+    }
+
+    /// Audits an attempt to reach another tenant's `resource` and returns the refusal for the
+    /// caller (or, if the audit log cannot record it, that error).
+    pub(crate) async fn cross_tenant_refusal(&self, caller: &Caller, resource: &str) -> Error {
         let mut event = self.event("AUTHORIZATION_DENIED", Some(caller), resource, "access", "DENIED");
         event.metadata.insert("reason".into(), "cross-tenant access".into());
         event.policy_violations.push("TENANT_ACCESS_DENIED".into());
-        self.record(&event).await?;
-        Err(Error::new(ErrorCode::TenantAccessDenied, "that belongs to another tenant")
+        if let Err(e) = self.record(&event).await {
+            return e;
+        }
+        Error::new(ErrorCode::TenantAccessDenied, "that belongs to another tenant")
             .with_tenant(caller.tenant_id())
             .with_principal(caller.principal_id())
-            .escalate())
+            .escalate()
     }
 
     /// The caller's tenant if active; a refusal is audited.
@@ -837,8 +845,7 @@ impl Host {
     pub async fn get_session(&self, caller: &Caller, session_id: &str) -> Result<Arc<SessionEntry>> {
         match self.inner.sessions.get(caller, session_id) {
             Err(e) if e.code() == ErrorCode::TenantAccessDenied => {
-                self.same_tenant(caller, "", &format!("session:{session_id}")).await?;
-                Err(e)
+                Err(self.cross_tenant_refusal(caller, &format!("session:{session_id}")).await)
             }
             other => other,
         }
@@ -933,8 +940,7 @@ impl Host {
         self.active_tenant(caller).await?;
         let runtime = match self.inner.runtimes.get(caller.tenant_id(), runtime_id) {
             Err(e) if e.code() == ErrorCode::TenantAccessDenied => {
-                self.same_tenant(caller, "", &format!("runtime:{runtime_id}")).await?;
-                return Err(e);
+                return Err(self.cross_tenant_refusal(caller, &format!("runtime:{runtime_id}")).await);
             }
             other => other?,
         };

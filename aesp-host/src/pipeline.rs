@@ -86,11 +86,9 @@ impl Host {
             }
             Claim::First(completer) => completer,
         };
-        let ready = match self.admit_call(caller, call, admitted).await {
-            Ok(ready) => ready,
-            // Refused before the tool ran: forget the id (dropping the completer) so a retry runs.
-            Err(e) => return Err(e),
-        };
+        // Refused before the tool ran: returning drops the completer, which forgets the id so
+        // that a retry runs.
+        let ready = self.admit_call(caller, call, admitted).await?;
         let result = self.run(ready).await;
         let recorded: Outcome = match &result {
             Ok(r) => Ok(r.clone()),
@@ -416,7 +414,7 @@ fn describe_decision(
     input: &DecisionInput,
     snapshot: &Snapshot,
 ) {
-    event.metadata.insert("snapshot_digest".into(), snapshot.digest_hex());
+    event.metadata.insert("snapshot_digest".into(), input.snapshot_digest.clone());
     event.metadata.insert("snapshot_version".into(), snapshot.version().to_string());
     event.metadata.insert("decision".into(), if decision.allowed() { "ALLOW" } else { "DENY" }.into());
     event.metadata.insert("decision_reason".into(), decision.reason().to_owned());

@@ -142,7 +142,7 @@ pub fn ten_policy_snapshot() -> SnapshotBuilder {
 /// Never for the fixed values (a bug in the fixture otherwise).
 #[expect(clippy::expect_used, reason = "a fixed fixture; failing to build it is a bug")]
 pub fn bench_caller() -> Caller {
-    let mut context = aesp_core::proto::v1::EnterpriseSecurityContext {
+    let context = aesp_core::proto::v1::EnterpriseSecurityContext {
         principal_id: "alice".into(),
         tenant_id: TENANT.into(),
         principal_type: PrincipalType::User as i32,
@@ -150,7 +150,6 @@ pub fn bench_caller() -> Caller {
         mfa_verified: true,
         ..Default::default()
     };
-    context.roles.clear();
     Caller::new(context)
         .expect("caller")
         .with_attribute("spending_limit", Value::float(100.0))

@@ -87,18 +87,9 @@ pub fn from_input(input: &DecisionInput) -> Result<Request> {
     let Some(context) = input.principal.as_ref() else {
         return Err(Error::invalid_argument("decision input has no principal"));
     };
-    let principal = Principal {
-        id: context.principal_id.clone(),
-        principal_type: context.policy_context.get(PRINCIPAL_TYPE).cloned().unwrap_or_default(),
-        tenant_id: context.tenant_id.clone(),
-        business_unit: context.business_unit.clone(),
-        roles: context.roles.clone(),
-        permissions: context.permissions.clone(),
-        clearance: context.security_clearance.clone(),
-        mfa_verified: context.mfa_verified,
-        claims: context.claims.clone(),
-        attributes: input.principal_attributes.clone(),
-    };
+    let mut principal = Principal::from_security_context(context);
+    principal.principal_type = context.policy_context.get(PRINCIPAL_TYPE).cloned().unwrap_or_default();
+    principal.attributes = input.principal_attributes.clone();
     // The double is what the decision saw; the micros are derived from it, so prefer the
     // double unless only the micros were recorded.
     #[expect(clippy::cast_precision_loss, reason = "micros of realistic costs are exact in f64")]
