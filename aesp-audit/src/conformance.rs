@@ -11,7 +11,7 @@
 //!
 //! The macro expands to one `#[tokio::test]` per check; each check is also a public function
 //! taking a [`StorageFactory`]. Checks panic on failure, as tests do.
-#![expect(clippy::unwrap_used, clippy::indexing_slicing, reason = "a test suite")]
+#![expect(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, reason = "a test suite")]
 
 use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use crate::{
     merkle::{RightEdge, leaf_hash},
-    storage::LogStorage,
+    storage::{Leaf, LogStorage, PruneRequest},
 };
 
 /// Opens a fresh, empty storage.
@@ -165,13 +165,68 @@ pub async fn hashes_and_checkpoints(factory: &dyn StorageFactory) {
     assert_eq!(storage.latest_checkpoint().await.unwrap().unwrap().size, 13);
 }
 
+/// Pruning replaces entries by tombstones that keep their leaf hashes, only below the latest
+/// checkpoint; the stored hashes do not change; a second pruning keeps the first tombstone;
+/// `read_entries` refuses a pruned entry.
+pub async fn pruning_keeps_leaf_hashes(factory: &dyn StorageFactory) {
+    let storage = factory.open().await;
+    let entries: Vec<Bytes> = (0..20).map(entry).collect();
+    storage.append(&entries[..10]).await.unwrap();
+    storage.append(&entries[10..]).await.unwrap();
+    let lease = storage.acquire_lease("i", Duration::from_secs(60)).await.unwrap();
+    let mut edge = RightEdge::default();
+    let mut hashes = Vec::new();
+    for e in &entries[..16] {
+        edge.push(leaf_hash(e), |h| hashes.push(*h));
+    }
+    storage.append_hashes(&lease, 0, 16, &hashes).await.unwrap();
+    let request = |indexes: &'static [u64], rule: &'static str| PruneRequest {
+        indexes,
+        pruned_at_ms: 42,
+        rule,
+        event_index: 19,
+    };
+    // Nothing is covered by a checkpoint yet.
+    assert_eq!(storage.prune(request(&[1], "r")).await.unwrap_err().code(), ErrorCode::FailedPrecondition);
+    storage.store_checkpoint(&lease, 16, b"sixteen\n").await.unwrap();
+    assert_eq!(
+        storage.prune(request(&[3, 16], "r")).await.unwrap_err().code(),
+        ErrorCode::FailedPrecondition
+    );
+    assert_eq!(storage.prune(request(&[4, 3], "r")).await.unwrap_err().code(), ErrorCode::InvalidArgument);
+    assert_eq!(storage.prune(request(&[0, 9, 10, 15], "first")).await.unwrap(), 4);
+    assert_eq!(storage.prune(request(&[9, 11], "second")).await.unwrap(), 1);
+    let mut leaves = Vec::new();
+    while (leaves.len() as u64) < 20 {
+        leaves.extend(storage.read_leaves(leaves.len() as u64, 20).await.unwrap());
+    }
+    for (i, leaf) in leaves.iter().enumerate() {
+        assert_eq!(leaf.hash(), leaf_hash(&entries[i]), "leaf {i}");
+        match (i, leaf) {
+            (0 | 9 | 10 | 15, Leaf::Pruned(t)) => {
+                assert_eq!((t.rule.as_str(), t.pruned_at_ms, t.event_index), ("first", 42, 19), "{i}")
+            }
+            (11, Leaf::Pruned(t)) => assert_eq!(t.rule, "second"),
+            (_, Leaf::Entry(bytes)) => assert_eq!(*bytes, entries[i], "{i}"),
+            (_, Leaf::Pruned(_)) => panic!("entry {i} was pruned"),
+        }
+    }
+    assert_eq!(storage.read_entries(9, 10).await.unwrap_err().code(), ErrorCode::NotFound);
+    assert_eq!(storage.read_entries(12, 15).await.unwrap(), entries[12..15]);
+    let all: Vec<u64> = (0..hashes.len() as u64).collect();
+    assert_eq!(storage.read_hashes(&all).await.unwrap(), hashes);
+    // Appends go on after a pruning.
+    assert_eq!(storage.append(&[entry(20)]).await.unwrap(), 20);
+    assert_eq!(storage.read_entries(20, 21).await.unwrap(), [entry(20)]);
+}
+
 /// Expands to one test per check of the suite, each opening storage with `$factory`.
 #[macro_export]
 macro_rules! log_storage_conformance {
     ($factory:expr) => {
         $crate::log_storage_conformance!(@tests $factory;
             appends_and_reads, concurrent_appends_are_sequenced, the_lease_is_exclusive,
-            hashes_and_checkpoints);
+            hashes_and_checkpoints, pruning_keeps_leaf_hashes);
     };
     (@tests $factory:expr; $($check:ident),*) => {
         $(

@@ -38,7 +38,10 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     fn list(&self) -> io::Result<Vec<String>>;
     /// Removes `name`.
     fn remove(&self, name: &str) -> io::Result<()>;
-    /// Makes creations and removals durable.
+    /// Renames `from` to `to` atomically, replacing `to` if it exists: after a crash the
+    /// directory holds the old or the new state, and the new one once `sync_dir` returned.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Makes creations, removals and renames durable.
     fn sync_dir(&self) -> io::Result<()>;
 }
 
@@ -102,6 +105,10 @@ impl FileSystem for OsFileSystem {
 
     fn remove(&self, name: &str) -> io::Result<()> {
         std::fs::remove_file(self.dir.join(name))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        std::fs::rename(self.dir.join(from), self.dir.join(to))
     }
 
     fn sync_dir(&self) -> io::Result<()> {
@@ -347,6 +354,16 @@ impl FileSystem for FaultyFileSystem {
             .remove(name)
             .map(|_| ())
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no file `{name}`")))
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut state = self.alive()?;
+        let file = state
+            .files
+            .remove(from)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no file `{from}`")))?;
+        state.files.insert(to.to_owned(), file);
+        Ok(())
     }
 
     fn sync_dir(&self) -> io::Result<()> {

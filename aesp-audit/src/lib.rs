@@ -18,17 +18,25 @@
 //!   feature, `conformance` is the suite every storage runs.
 
 mod checkpoint;
+mod compliance;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod crc;
+mod export;
 mod fs;
+mod index;
 mod log;
 mod merkle;
 mod note;
+mod query;
+mod retention;
 mod storage;
+mod subscribe;
 mod verify;
 
 pub use checkpoint::{Checkpoint, ConsistencyProof, SignedCheckpoint, TlogProof};
+pub use compliance::*;
+pub use export::*;
 pub use fs::{CrashMode, FaultyFileSystem, FileHandle, FileSystem, OsFileSystem};
 pub use log::{AuditLog, AuditLogOptions};
 pub use merkle::{
@@ -36,10 +44,15 @@ pub use merkle::{
     verify_consistency, verify_inclusion,
 };
 pub use note::{MAX_NOTE_LEN, NoteSignature, NoteSigner, NoteVerifier, SignedNote, note_key_id};
-pub use storage::{
-    Lease, LogStorage, MemoryStorage, SEGMENT_FORMAT_VERSION, SegmentOptions, SegmentStorage, StorageState,
-    StoredCheckpoint,
+pub use query::{
+    AuditFilter, AuditQuery, AuditStatistics, DEFAULT_PAGE_SIZE, IndexedEvent, MAX_PAGE_SIZE, Page,
 };
+pub use retention::{EVENT_ERASURE, EVENT_RETENTION_PRUNE, PruneReport, PruneRule, principal_pseudonym};
+pub use storage::{
+    Leaf, Lease, LogStorage, MAX_RULE_LEN, MemoryStorage, PruneRequest, SEGMENT_FORMAT_VERSION,
+    SegmentOptions, SegmentStorage, StorageState, StoredCheckpoint, Tombstone,
+};
+pub use subscribe::{DEFAULT_SUBSCRIPTION_BATCH, Subscription, SubscriptionBatch};
 pub use verify::{Problem, VerificationReport, VerifyOptions, verify_log};
 
 /// Helpers for this crate's tests that need to reach below the public surface.

@@ -6,10 +6,11 @@ use std::{ops::Range, sync::Arc, time::Duration};
 use aesp_core::{Error, ErrorCode, Result, proto::v1::AuditEvent};
 use bytes::Bytes;
 use prost::Message as _;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::{
     checkpoint::{Checkpoint, ConsistencyProof, SignedCheckpoint, TlogProof},
+    index::AuditIndex,
     merkle::{
         Hash, RightEdge, consistency_ranges, fold_range, inclusion_ranges, leaf_hash, range_subtrees,
         stored_hash_index,
@@ -82,6 +83,9 @@ pub struct AuditLog {
     permits: Arc<Semaphore>,
     options: Arc<AuditLogOptions>,
     verifier: NoteVerifier,
+    pub(crate) index: Arc<AuditIndex>,
+    /// The number of durable entries this process knows of.
+    pub(crate) durable: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Request {
@@ -116,11 +120,18 @@ impl AuditLog {
         let integrator = Integrator::start(Arc::clone(&storage), signer.clone(), options.clone()).await?;
         let (requests, request_rx) = mpsc::unbounded_channel();
         let (batches_tx, batches_rx) = mpsc::channel(64);
+        let (index_tx, index_rx) = mpsc::channel(64);
         let (commands, command_rx) = mpsc::channel(16);
+        let (durable_tx, durable) = watch::channel(storage.state().await?.size);
         let options = Arc::new(options);
-        tokio::spawn(commit_loop(Arc::clone(&storage), Arc::clone(&options), request_rx, batches_tx));
+        let index = Arc::new(AuditIndex::default());
+        let committer = Committer { storage: Arc::clone(&storage), options: Arc::clone(&options) };
+        tokio::spawn(committer.run(request_rx, batches_tx, index_tx, durable_tx));
         tokio::spawn(integrator.run(batches_rx, command_rx));
+        tokio::spawn(follow(Arc::clone(&storage), Arc::clone(&index), durable.clone(), index_rx));
         Ok(Self {
+            index,
+            durable,
             storage,
             requests,
             commands,
@@ -245,11 +256,56 @@ pub(crate) async fn hashes_of_ranges(storage: &dyn LogStorage, ranges: &[(u64, u
     Ok(out)
 }
 
+/// Keeps the index up with the log: it indexes the batches the committer hands over, and
+/// first catches up with what the storage held at open (a rebuild).
+async fn follow(
+    storage: Arc<dyn LogStorage>,
+    index: Arc<AuditIndex>,
+    durable: watch::Receiver<u64>,
+    mut batches: mpsc::Receiver<(u64, Vec<Bytes>)>,
+) {
+    let at_open = *durable.borrow();
+    // An error here leaves the rest to the next query's catch-up, which reports it.
+    let _ = index.catch_up(storage.as_ref(), at_open).await;
+    while let Some((first, entries)) = batches.recv().await {
+        let _ = index.ingest(storage.as_ref(), first, &entries).await;
+    }
+}
+
+struct Committer {
+    storage: Arc<dyn LogStorage>,
+    options: Arc<AuditLogOptions>,
+}
+
+impl Committer {
+    async fn run(
+        self,
+        requests: mpsc::UnboundedReceiver<Request>,
+        batches: mpsc::Sender<(u64, Vec<Bytes>)>,
+        index: mpsc::Sender<(u64, Vec<Bytes>)>,
+        durable: watch::Sender<u64>,
+    ) {
+        let Self { storage, options } = self;
+        commit_loop(storage, options, requests, move |first, all: Vec<Bytes>| {
+            let end = first.saturating_add(all.len() as u64);
+            durable.send_if_modified(|size| {
+                let grew = end > *size;
+                *size = (*size).max(end);
+                grew
+            });
+            // Hints: when a channel is full, its reader reads the entries back instead.
+            let _ = index.try_send((first, all.clone()));
+            let _ = batches.try_send((first, all));
+        })
+        .await;
+    }
+}
+
 async fn commit_loop(
     storage: Arc<dyn LogStorage>,
     options: Arc<AuditLogOptions>,
     mut requests: mpsc::UnboundedReceiver<Request>,
-    batches: mpsc::Sender<(u64, Vec<Bytes>)>,
+    mut committed: impl FnMut(u64, Vec<Bytes>),
 ) {
     let mut carry: Option<Request> = None;
     loop {
@@ -285,14 +341,14 @@ async fn commit_loop(
         let all: Vec<Bytes> = group.iter().flat_map(|r| r.entries.iter().cloned()).collect();
         match storage.append(&all).await {
             Ok(first_index) => {
+                // Before the replies: once an append returns, readers see it.
+                committed(first_index, all);
                 let mut index = first_index;
                 for r in group {
                     let n = r.entries.len() as u64;
                     let _ = r.reply.send(Ok(index));
                     index = index.saturating_add(n);
                 }
-                // A hint for the integrator; when full it reads the entries back instead.
-                let _ = batches.try_send((first_index, all));
             }
             Err(e) => {
                 for r in group {
@@ -480,6 +536,17 @@ impl Integrator {
     }
 
     async fn checkpoint_now(&mut self) -> Result<SignedCheckpoint> {
+        match self.checkpoint_once().await {
+            // The lease lapsed by the storage's clock (a long pause): take it again, once.
+            Err(e) if e.code() == ErrorCode::Conflict => {
+                self.lease = None;
+                self.checkpoint_once().await
+            }
+            other => other,
+        }
+    }
+
+    async fn checkpoint_once(&mut self) -> Result<SignedCheckpoint> {
         self.hold().await?;
         let size = self.storage.state().await?.size;
         self.integrate_to(size).await?;

@@ -7,9 +7,9 @@ use aesp_core::Result;
 
 use crate::{
     checkpoint::SignedCheckpoint,
-    merkle::{Hash, RightEdge, leaf_hash, stored_hash_count},
+    merkle::{Hash, RightEdge, stored_hash_count},
     note::NoteVerifier,
-    storage::{LogStorage, StoredCheckpoint},
+    storage::{Leaf, LogStorage, StoredCheckpoint},
 };
 
 /// How many entries are read per storage call.
@@ -107,8 +107,10 @@ impl fmt::Display for Problem {
 /// The outcome of [`verify_log`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VerificationReport {
-    /// The entries read and hashed.
+    /// The entries read and hashed (pruned ones included).
     pub entries: u64,
+    /// How many of them were pruned: their tombstones' leaf hashes were checked instead.
+    pub pruned: u64,
     /// The checkpoints checked.
     pub checkpoints: usize,
     /// The latest checkpoint's size, if there is one.
@@ -195,7 +197,7 @@ pub async fn verify_log(
     let mut index = 0u64;
     while index < state.size {
         let end = index.saturating_add(CHUNK).min(state.size);
-        let entries = match storage.read_entries(index, end).await {
+        let entries = match storage.read_leaves(index, end).await {
             Ok(e) if !e.is_empty() => e,
             Ok(_) => break,
             Err(e) => {
@@ -206,7 +208,10 @@ pub async fn verify_log(
         recomputed.clear();
         let start_position = position;
         for entry in &entries {
-            edge.push(leaf_hash(entry), |h| recomputed.push(*h));
+            if matches!(entry, Leaf::Pruned(_)) {
+                report.pruned = report.pruned.saturating_add(1);
+            }
+            edge.push(entry.hash(), |h| recomputed.push(*h));
             while let Some(&&(size, root)) = next_root.peek() {
                 if size != edge.size() {
                     break;
@@ -223,7 +228,7 @@ pub async fn verify_log(
         if upto > start_position {
             let indexes: Vec<u64> = (start_position..upto).collect();
             let stored = storage.read_hashes(&indexes).await?;
-            let leaf_positions = leaf_positions(index, &entries);
+            let leaf_positions = leaf_positions(index, entries.len());
             for (offset, (got, want)) in stored.iter().zip(recomputed.iter()).enumerate() {
                 if got != want {
                     let p = start_position.saturating_add(offset as u64);
@@ -251,8 +256,8 @@ pub async fn verify_log(
 }
 
 /// The stored-hash positions of the leaves `first..first + entries.len()`.
-fn leaf_positions(first: u64, entries: &[bytes::Bytes]) -> Vec<(u64, u64)> {
-    (0..entries.len() as u64)
+fn leaf_positions(first: u64, count: usize) -> Vec<(u64, u64)> {
+    (0..count as u64)
         .map(|i| {
             let leaf = first.saturating_add(i);
             (crate::merkle::stored_hash_index(0, leaf), leaf)

@@ -32,6 +32,8 @@ pub const REJECTED: &str = "REJECTED";
 pub struct CompiledContract {
     contract: EnterpriseToolContract,
     version: semver::Version,
+    /// `version` as text (what the pipeline records), rendered once.
+    version_text: String,
     parameters: ParameterValidator,
     returns: Option<TypeValidator>,
 }
@@ -59,7 +61,8 @@ impl CompiledContract {
             }
             _ => None,
         };
-        Ok(Self { contract, version, parameters, returns })
+        let version_text = version.to_string();
+        Ok(Self { contract, version, version_text, parameters, returns })
     }
 
     /// The contract as stored.
@@ -70,6 +73,11 @@ impl CompiledContract {
     /// Its version.
     pub fn version(&self) -> &semver::Version {
         &self.version
+    }
+
+    /// Its version as text (the semver's canonical rendering).
+    pub fn version_text(&self) -> &str {
+        &self.version_text
     }
 
     /// Whether it may be called.

@@ -24,11 +24,13 @@ use aesp_policy::{
     Change, Engine, EngineConfig, LifecycleConfig, PolicyLifecycle, Schema, Stage, VersionInfo,
 };
 use aesp_store::EmbeddedStore;
+use prost::bytes::Bytes;
 
 use crate::{
     caller::Caller,
     contracts::{APPROVED, CompiledContract, Contracts, LoadOutcome, REJECTED},
     idempotency::Idempotency,
+    identity::{BootstrapAdmin, BootstrapCredential, IdentityManager, IdentityOptions},
     limits::{Admission, TenantLimits},
     records::SYSTEM_TENANT,
     runtimes::{Fulfilment, InProcessRuntime, RuntimeEntry, Runtimes, ToolHandler},
@@ -45,6 +47,8 @@ pub struct Backends {
     pub audit: Arc<dyn LogStorage>,
     /// The key that signs audit checkpoints.
     pub audit_signer: Arc<dyn Signer>,
+    /// The key that signs access tokens (EdDSA JWTs).
+    pub token_signer: Arc<dyn Signer>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
     /// Identity providers, tried in order (used by the Host's own authentication).
@@ -60,14 +64,16 @@ impl fmt::Debug for Backends {
             .field("state", &self.state)
             .field("audit", &self.audit)
             .field("audit_signer", &self.audit_signer.key_id())
+            .field("token_signer", &self.token_signer.key_id())
             .finish_non_exhaustive()
     }
 }
 
 impl Backends {
     /// The durable defaults in `dir`: the embedded state store in `dir/state`, audit segment
-    /// files in `dir/audit`, the audit signing key in `dir/keys/audit.pem` and the canary key
-    /// in `dir/keys/canary.key` (both created, mode 0600, on first start).
+    /// files in `dir/audit`, the audit signing key in `dir/keys/audit.pem`, the token signing
+    /// key in `dir/keys/token.pem` and the canary key in `dir/keys/canary.key` (all created,
+    /// mode 0600, on first start).
     pub async fn embedded(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -85,19 +91,14 @@ impl Backends {
         let keys = dir.join("keys");
         std::fs::create_dir_all(&keys)
             .map_err(|e| Error::unavailable(format!("cannot create `{}`", keys.display())).with_source(e))?;
-        let key_file = keys.join("audit.pem");
-        let signer = if key_file.exists() {
-            Ed25519Signer::from_pkcs8_pem_file(&key_file)?
-        } else {
-            let signer = Ed25519Signer::generate()?;
-            signer.write_pkcs8_pem_file(&key_file)?;
-            signer
-        };
+        let signer = read_or_create_signer(&keys.join("audit.pem"))?;
+        let token_signer = read_or_create_signer(&keys.join("token.pem"))?;
         let canary_key = read_or_create_key(&keys.join("canary.key"))?;
         Ok(Self {
             state: Arc::new(state),
             audit: Arc::new(audit),
             audit_signer: Arc::new(signer),
+            token_signer: Arc::new(token_signer),
             clock,
             identity: Vec::new(),
             canary_key,
@@ -110,10 +111,22 @@ impl Backends {
             state: Arc::new(aesp_core::MemoryStore::default()),
             audit: Arc::new(aesp_audit::MemoryStorage::new(Arc::clone(&clock))),
             audit_signer: Arc::new(Ed25519Signer::generate()?),
+            token_signer: Arc::new(Ed25519Signer::generate()?),
             clock,
             identity: Vec::new(),
             canary_key: random_key()?,
         })
+    }
+}
+
+/// Reads an ed25519 key (PKCS#8 PEM), or creates it (mode 0600) if the file does not exist.
+fn read_or_create_signer(path: &Path) -> Result<Ed25519Signer> {
+    if path.exists() {
+        Ed25519Signer::from_pkcs8_pem_file(path)
+    } else {
+        let signer = Ed25519Signer::generate()?;
+        signer.write_pkcs8_pem_file(path)?;
+        Ok(signer)
     }
 }
 
@@ -177,6 +190,8 @@ pub struct HostOptions {
     pub engine: EngineConfig,
     /// The attributes policies may read (principal, tenant, organization), declared.
     pub policy_schema: Schema,
+    /// Tokens, passwords, lockout and key rotation of the Identity Manager.
+    pub identity: IdentityOptions,
 }
 
 impl Default for HostOptions {
@@ -193,6 +208,7 @@ impl Default for HostOptions {
             shutdown_grace: Duration::from_secs(10),
             engine: EngineConfig::default(),
             policy_schema: Schema::new(),
+            identity: IdentityOptions::default(),
         }
     }
 }
@@ -266,6 +282,7 @@ pub(crate) struct Inner {
     pub(crate) idempotency: Arc<Idempotency>,
     pub(crate) limits: TenantLimits,
     pub(crate) admission: Arc<Admission>,
+    pub(crate) identity: Arc<IdentityManager>,
 }
 
 impl fmt::Debug for Host {
@@ -340,7 +357,18 @@ impl Host {
             LifecycleConfig::new(options.policy_schema.clone(), backends.canary_key),
         ));
         lifecycle.load().await?;
+        let identity = Arc::new(
+            IdentityManager::new(
+                Arc::clone(&backends.state),
+                Arc::clone(&clock),
+                audit.clone(),
+                Arc::clone(&backends.token_signer),
+                options.identity.clone(),
+            )
+            .await?,
+        );
         let inner = Inner {
+            identity,
             limits: TenantLimits::new(Arc::clone(&clock)),
             admission: Arc::new(Admission::default()),
             backends,
@@ -359,6 +387,21 @@ impl Host {
     /// The audit log.
     pub fn audit_log(&self) -> &AuditLog {
         &self.inner.audit
+    }
+
+    /// The Identity Manager: principals, service accounts, users, tokens and signing keys.
+    pub fn identity(&self) -> &Arc<IdentityManager> {
+        &self.inner.identity
+    }
+
+    /// The JWKS document (JSON) of the keys that verify this Host's access tokens.
+    pub fn jwks(&self) -> String {
+        self.inner.identity.jwks()
+    }
+
+    /// The key that verifies this Host's audit checkpoints (C2SP `name+id+key` text).
+    pub fn audit_verifier_key(&self) -> String {
+        self.inner.audit.verifier().to_text()
     }
 
     /// The clock.
@@ -419,6 +462,20 @@ impl Host {
         })
     }
 
+    /// Writes an audit event given as its canonical encoding (an `AuditEvent`'s exact bytes)
+    /// durably, as [`record`](Self::record) does.
+    pub(crate) async fn record_encoded(&self, event: Bytes) -> Result<u64> {
+        match self.inner.audit.append_encoded(vec![event]).await {
+            Ok(range) => Ok(range.start),
+            Err(e) => Err(Error::new(
+                ErrorCode::AuditRequirementNotMet,
+                "the audit log cannot record this operation, so it was refused",
+            )
+            .with_source(e)
+            .with_remediation("retry once the audit log is available")),
+        }
+    }
+
     /// Checks that `caller` holds `permission` in its tenant (through the active snapshot's
     /// roles or its security context); a refusal is audited.
     pub(crate) async fn require(&self, caller: &Caller, permission: &str, resource: &str) -> Result<()> {
@@ -472,6 +529,17 @@ impl Host {
             lifecycle.assign_role("bootstrap", SYSTEM_TENANT, principal_id, PLATFORM_ADMIN_ROLE).await?;
         self.record(&assigned).await?;
         Ok(())
+    }
+
+    /// The explicit bootstrap step with a credential: creates the first platform
+    /// administrator in the system tenant (a service account or a local user, through the
+    /// Identity Manager), grants it the `platform-admin` role ([`Host::bootstrap`]) and
+    /// returns its credential, shown this once. There are no default credentials; it runs
+    /// once (`FAILED_PRECONDITION` after).
+    pub async fn bootstrap_admin(&self, admin: BootstrapAdmin) -> Result<BootstrapCredential> {
+        let credential = self.inner.identity.bootstrap_admin(admin).await?;
+        self.bootstrap(&credential.principal().principal_id).await?;
+        Ok(credential)
     }
 
     /// Checks that `caller` may administer `tenant`'s policies or roles with `permission`: a
@@ -596,6 +664,17 @@ impl Host {
         let mut event = self.event("TENANT_CREATE", Some(caller), &resource, "create", "SUCCESS");
         event.metadata.insert("tenant".into(), created.tenant_id.clone());
         self.record(&event).await?;
+        // The default roles of the permission catalogue, least privilege.
+        for (role_id, name, permissions) in crate::service::catalogue::DEFAULT_ROLES {
+            let role = RoleDefinition {
+                role_id: (*role_id).to_owned(),
+                name: (*name).to_owned(),
+                permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
+                ..RoleDefinition::default()
+            };
+            let put = self.inner.lifecycle.put_role(caller.principal_id(), &created.tenant_id, role).await?;
+            self.record(&put).await?;
+        }
         Ok(Tenant::clone(&created))
     }
 

@@ -13,28 +13,67 @@ use aesp_core::{
     Clock, Error, ErrorCode, Result,
     proto::v1::{EnterpriseError, ToolCall, ToolResult},
 };
-use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 const SHARDS: usize = 16;
 
-/// Who asked for what: the key of an idempotency entry.
-type Key = (String, String, String);
+/// Who asked for what: the key of an idempotency entry, `tenant`, `principal` and
+/// `invocation_id` joined by NUL bytes (unambiguous: neither a tenant id nor an invocation id
+/// can hold one), in one allocation shared by the table and its eviction queue.
+type Key = Arc<str>;
+
+fn key(tenant: &str, principal: &str, invocation_id: &str) -> Key {
+    let mut key = String::with_capacity(tenant.len() + principal.len() + invocation_id.len() + 2);
+    key.push_str(tenant);
+    key.push('\0');
+    key.push_str(principal);
+    key.push('\0');
+    key.push_str(invocation_id);
+    Arc::from(key)
+}
 
 /// The recorded outcome of a call.
 pub(crate) type Outcome = std::result::Result<ToolResult, Box<EnterpriseError>>;
 
-/// The digest of what a call asks for, to tell a true repeat from a reused id.
+thread_local! {
+    /// The buffer [`call_digest`] encodes into, reused.
+    static DIGEST_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The digest of what a call asks for, to tell a true repeat from a reused id: the SHA-256 of
+/// the encoding of a `ToolCall` holding only the call's tool name, contract version, session
+/// and parameters (encoded in place, without copying the call).
 pub(crate) fn call_digest(call: &ToolCall) -> [u8; 32] {
-    let essence = ToolCall {
-        tool_name: call.tool_name.clone(),
-        contract_version: call.contract_version.clone(),
-        session_id: call.session_id.clone(),
-        parameters: call.parameters.clone(),
-        ..ToolCall::default()
-    };
-    Sha256::digest(essence.encode_to_vec()).into()
+    use prost::encoding::{btree_map, message, string};
+    DIGEST_BUFFER.with_borrow_mut(|buf| {
+        buf.clear();
+        // The fields in tag order, proto3 defaults left out, as `ToolCall::encode` writes them.
+        if !call.session_id.is_empty() {
+            string::encode(3, &call.session_id, buf);
+        }
+        if !call.tool_name.is_empty() {
+            string::encode(4, &call.tool_name, buf);
+        }
+        btree_map::encode(
+            string::encode,
+            string::encoded_len,
+            message::encode,
+            message::encoded_len,
+            5,
+            &call.parameters,
+            buf,
+        );
+        if !call.contract_version.is_empty() {
+            string::encode(8, &call.contract_version, buf);
+        }
+        let digest: [u8; 32] = Sha256::digest(buf.as_slice()).into();
+        if buf.capacity() > 64 * 1024 {
+            // Do not keep a huge call's buffer around.
+            *buf = Vec::new();
+        }
+        digest
+    })
 }
 
 enum Slot {
@@ -90,7 +129,7 @@ impl Completer {
             let mut shard = self.table.shard(&key).lock().unwrap_or_else(PoisonError::into_inner);
             // The window of a finished call starts when it finishes: queue its eviction then
             // (the entry queued when it began may come due while this one is still valid).
-            shard.order.push_back((expires, key.clone()));
+            shard.order.push_back((expires, Arc::clone(&key)));
             shard
                 .slots
                 .insert(key, (Slot::Done { digest: self.digest, outcome: Arc::clone(&outcome) }, expires));
@@ -121,9 +160,8 @@ impl Idempotency {
     }
 
     fn shard(&self, key: &Key) -> &Mutex<Shard> {
-        let hash = [&key.0, &key.1, &key.2]
-            .iter()
-            .flat_map(|s| s.bytes().chain(std::iter::once(0)))
+        let hash = key
+            .bytes()
             .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
         #[expect(clippy::indexing_slicing, reason = "the index is taken modulo the number of shards")]
         &self.shards[(hash % SHARDS as u64) as usize]
@@ -137,7 +175,7 @@ impl Idempotency {
         invocation_id: &str,
         digest: [u8; 32],
     ) -> Result<Claim> {
-        let key: Key = (tenant.to_owned(), principal.to_owned(), invocation_id.to_owned());
+        let key = key(tenant, principal, invocation_id);
         let now = self.clock.now_ms();
         let mut shard = self.shard(&key).lock().unwrap_or_else(PoisonError::into_inner);
         // Forget what has expired (oldest first).
@@ -145,7 +183,7 @@ impl Idempotency {
             if *expires > now {
                 break;
             }
-            let old = old.clone();
+            let old = Arc::clone(old);
             shard.order.pop_front();
             if shard
                 .slots
@@ -178,8 +216,8 @@ impl Idempotency {
         let (sender, done) = watch::channel(None);
         // A running call is kept for the whole window even if it runs long.
         let expires = now.saturating_add(self.window_ms);
-        shard.slots.insert(key.clone(), (Slot::Running { digest, done }, expires));
-        shard.order.push_back((expires, key.clone()));
+        shard.slots.insert(Arc::clone(&key), (Slot::Running { digest, done }, expires));
+        shard.order.push_back((expires, Arc::clone(&key)));
         Ok(Claim::First(Completer { table: Arc::clone(self), key: Some(key), digest, sender }))
     }
 
@@ -201,6 +239,44 @@ mod tests {
     use aesp_core::ManualClock;
 
     use super::*;
+
+    #[test]
+    fn the_digest_is_that_of_the_call_essence() {
+        use aesp_core::proto::v1::Value;
+        use prost::Message as _;
+        let essence = |call: &ToolCall| -> [u8; 32] {
+            let essence = ToolCall {
+                tool_name: call.tool_name.clone(),
+                contract_version: call.contract_version.clone(),
+                session_id: call.session_id.clone(),
+                parameters: call.parameters.clone(),
+                ..ToolCall::default()
+            };
+            Sha256::digest(essence.encode_to_vec()).into()
+        };
+        let mut call = ToolCall::default();
+        assert_eq!(call_digest(&call), essence(&call));
+        call = ToolCall {
+            invocation_id: "i-1".into(),
+            correlation_id: "c-1".into(),
+            session_id: "s-1".into(),
+            tool_name: "sql.query".into(),
+            parameters: [
+                ("query".to_owned(), Value::string("SELECT 1")),
+                ("".to_owned(), Value::default()),
+                ("limit".to_owned(), Value::float(10.0)),
+            ]
+            .into(),
+            metadata: [("k".to_owned(), "v".to_owned())].into(),
+            timeout_ms: 5,
+            contract_version: "^1".into(),
+        };
+        assert_eq!(call_digest(&call), essence(&call));
+        let mut other = call.clone();
+        other.parameters.insert("query".into(), Value::string("SELECT 2"));
+        assert_ne!(call_digest(&other), call_digest(&call));
+        assert_eq!(call_digest(&other), essence(&other));
+    }
 
     fn result(id: &str) -> Outcome {
         Ok(ToolResult { invocation_id: id.into(), ..ToolResult::default() })
@@ -265,7 +341,7 @@ mod tests {
         let clock = ManualClock::new(0);
         // One place per shard.
         let table = Idempotency::new(Arc::new(clock.clone()), Duration::from_secs(1), SHARDS);
-        let key = |id: &str| ("acme".to_owned(), "alice".to_owned(), id.to_owned());
+        let key = |id: &str| key("acme", "alice", id);
         let same_shard: Vec<String> = (0..10_000)
             .map(|i| format!("id-{i}"))
             .filter(|id| std::ptr::eq(table.shard(&key(id)), table.shard(&key("first"))))

@@ -3,25 +3,28 @@
 //! audit START (durable) → runtime → result against `return_type` → audit COMPLETE (durable)
 //! → caller. Every refusal says why in an error whose code a program can act on, and is
 //! written to the audit log.
+//!
+//! The call path's audit events are encoded straight from borrowed parts
+//! ([`EventView`](crate::events::EventView)) into the exact bytes of the `AuditEvent` they
+//! describe, and its ids come from [`fast_id`](crate::ids::fast_id).
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{cell::RefCell, collections::BTreeMap, sync::Arc, time::Duration};
 
 use aesp_core::{
-    ChunkStream, Error, ErrorCode, Result, new_id,
-    proto::v1::{
-        AuditEvent, DecisionInput, EnterpriseError, Tenant, ToolCall, ToolResult, ToolResultStatus, Value,
-    },
+    ChunkStream, Error, ErrorCode, Result,
+    proto::v1::{DecisionInput, EnterpriseError, Tenant, ToolCall, ToolResult, ToolResultStatus, Value},
 };
-use aesp_policy::{Decision, Principal, Request, Resource, Session, Snapshot};
-use base64::Engine as _;
+use aesp_policy::{Decision, Principal, Request, Resource, Session, Snapshot, VersionRef};
 use futures_util::StreamExt as _;
-use prost::Message as _;
+use prost::{Message as _, bytes::Bytes};
 
 use crate::{
     caller::Caller,
     contracts::CompiledContract,
+    events::{AsDebug, EventView, Matched, Metadata, Risk, Text},
     host::Host,
     idempotency::{Claim, Idempotency, Outcome, call_digest},
+    ids::{IdText, fast_id},
     limits::{Admitted, TenantSlot},
     records::{check_name, shorten},
     runtimes::RuntimePermit,
@@ -31,10 +34,18 @@ use crate::{
 /// The action every tool invocation is authorized as.
 pub const INVOKE_ACTION: &str = "invoke";
 
+/// The prefix of a tool's resource name (`tool:<name>`).
+const TOOL_PREFIX: &str = "tool:";
+
+thread_local! {
+    /// The buffer a decision input is encoded into before its base64 goes into an event.
+    static INPUT_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Everything an admitted call holds until it completes.
 struct InFlight {
     _admitted: Admitted,
-    _active: ActiveInvocation,
+    active: ActiveInvocation,
     _slot: TenantSlot,
     permit: RuntimePermit,
 }
@@ -43,16 +54,69 @@ struct InFlight {
 struct Ready {
     call: ToolCall,
     contract: Arc<CompiledContract>,
-    start: AuditEvent,
+    /// The encoded START event.
+    start: Bytes,
+    /// What COMPLETE repeats of START's decision.
+    snapshot_digest: String,
+    risk_score: f64,
     deadline: Duration,
     held: InFlight,
 }
+
+/// What the checks established for a call they admit.
+struct Checked {
+    contract: Arc<CompiledContract>,
+    request_id: IdText,
+    canary: Option<VersionRef>,
+    decision: Decision,
+    snapshot: Snapshot,
+    input: DecisionInput,
+    deadline: Duration,
+    held: InFlight,
+}
+
+/// Why the checks refused a call: the error, and the decision when authorization refused.
+type Refusal = (Error, Option<Box<(Decision, DecisionInput, Snapshot)>>);
 
 fn outcome_of(result: &Result<ToolResult>) -> &'static str {
     match result {
         Ok(r) if r.status() == ToolResultStatus::Success => "SUCCESS",
         Ok(_) => "FAILURE",
         Err(_) => "ERROR",
+    }
+}
+
+/// A decision as audit-event metadata: snapshot, outcome, reason, matched policies, and the
+/// canonical decision input (base64 of its encoding) for replay.
+struct Described<'a> {
+    decision: &'a Decision,
+    snapshot_version: u64,
+    matched: Matched<'a>,
+    digest: &'a str,
+    input: &'a [u8],
+}
+
+impl<'a> Described<'a> {
+    fn new(decision: &'a Decision, snapshot: &Snapshot, digest: &'a str, input: &'a [u8]) -> Self {
+        Self {
+            decision,
+            snapshot_version: snapshot.version(),
+            matched: Matched(decision.matched()),
+            digest,
+            input,
+        }
+    }
+
+    fn add_to(&'a self, metadata: &mut Metadata<'a>) {
+        metadata.insert("snapshot_digest", Text::Str(self.digest));
+        metadata.insert("snapshot_version", Text::Display(&self.snapshot_version));
+        metadata.insert("decision", Text::Str(if self.decision.allowed() { "ALLOW" } else { "DENY" }));
+        metadata.insert("decision_reason", Text::Str(self.decision.reason()));
+        metadata.insert("matched_policies", Text::Display(&self.matched));
+        metadata.insert("decision_input", Text::Base64(self.input));
+        if self.decision.break_glass() {
+            metadata.insert("break_glass", Text::Str("true"));
+        }
     }
 }
 
@@ -89,7 +153,7 @@ impl Host {
         // Refused before the tool ran: returning drops the completer, which forgets the id so
         // that a retry runs.
         let ready = self.admit_call(caller, call, admitted).await?;
-        let result = self.run(ready).await;
+        let result = self.run(caller, ready).await;
         let recorded: Outcome = match &result {
             Ok(r) => Ok(r.clone()),
             Err(e) => Err(Box::new(e.to_enterprise_error())),
@@ -103,33 +167,34 @@ impl Host {
     pub async fn invoke_stream(&self, caller: &Caller, mut call: ToolCall) -> Result<ChunkStream> {
         let admitted = self.inner.admission.admit()?;
         self.prepare_ids(&mut call)?;
-        let ready = self.admit_call(caller, call, admitted).await?;
+        let mut ready = self.admit_call(caller, call, admitted).await?;
         if !ready.contract.contract().supports_streaming {
             return Err(Error::invalid_argument(format!(
                 "contract `{}` does not stream; use invoke",
                 ready.contract.contract().name
             )));
         }
-        self.record(&ready.start).await?;
+        self.record_encoded(std::mem::take(&mut ready.start)).await?;
         let transport = Arc::clone(ready.held.permit.runtime().transport());
         let started = self.clock().now_ms();
         let stream = match transport.invoke_stream(ready.call.clone(), ready.deadline).await {
             Ok(stream) => stream,
             Err(e) => {
                 let failed: Result<ToolResult> = Err(Error::new(e.code(), e.message().to_owned()));
-                self.complete(&ready, &failed, started, 0).await?;
+                self.complete(caller, &ready, &ready.call, &failed, started, 0).await?;
                 return Err(e);
             }
         };
         let host = self.clone();
-        let state = (host, ready, stream, started, 0u64, false);
+        let state = (host, caller.clone(), ready, stream, started, 0u64, false);
         let out = futures_util::stream::unfold(
             state,
-            |(host, ready, mut stream, started, chunks, done)| async move {
+            |(host, caller, ready, mut stream, started, chunks, done)| async move {
                 if done {
                     return None;
                 }
                 let item = stream.next().await;
+                let call = &ready.call;
                 let (item, finished) = match item {
                     Some(Ok(chunk)) if !chunk.is_final => (Ok(chunk), false),
                     Some(Ok(chunk)) => {
@@ -138,14 +203,14 @@ impl Host {
                             status: ToolResultStatus::Success as i32,
                             ..ToolResult::default()
                         });
-                        match host.complete(&ready, &ok, started, chunks + 1).await {
+                        match host.complete(&caller, &ready, call, &ok, started, chunks + 1).await {
                             Ok(()) => (Ok(chunk), true),
                             Err(e) => (Err(e), true),
                         }
                     }
                     Some(Err(e)) => {
                         let failed: Result<ToolResult> = Err(Error::new(e.code(), e.message().to_owned()));
-                        match host.complete(&ready, &failed, started, chunks).await {
+                        match host.complete(&caller, &ready, call, &failed, started, chunks).await {
                             Ok(()) => (Err(e), true),
                             Err(audit) => (Err(audit), true),
                         }
@@ -156,13 +221,13 @@ impl Host {
                             "the stream ended without a final chunk",
                         );
                         let failed: Result<ToolResult> = Err(Error::new(e.code(), e.message().to_owned()));
-                        match host.complete(&ready, &failed, started, chunks).await {
+                        match host.complete(&caller, &ready, call, &failed, started, chunks).await {
                             Ok(()) => (Err(e), true),
                             Err(audit) => (Err(audit), true),
                         }
                     }
                 };
-                Some((item, (host, ready, stream, started, chunks + 1, finished)))
+                Some((item, (host, caller, ready, stream, started, chunks + 1, finished)))
             },
         );
         Ok(Box::pin(out) as ChunkStream)
@@ -170,7 +235,7 @@ impl Host {
 
     fn prepare_ids(&self, call: &mut ToolCall) -> Result<()> {
         if call.invocation_id.is_empty() {
-            call.invocation_id = new_id(self.clock().as_ref());
+            call.invocation_id = fast_id(self.clock().as_ref()).as_str().to_owned();
         }
         check_name("invocation id", &call.invocation_id)?;
         if call.correlation_id.is_empty() {
@@ -179,41 +244,173 @@ impl Host {
         Ok(())
     }
 
-    /// Runs every check; on refusal, audits it and returns the error.
-    async fn admit_call(&self, caller: &Caller, call: ToolCall, admitted: Admitted) -> Result<Ready> {
-        let resource = format!("tool:{}", call.tool_name);
-        let (session_id, invocation_id, correlation_id) =
-            (call.session_id.clone(), call.invocation_id.clone(), call.correlation_id.clone());
-        match self.checks(caller, call, admitted).await {
-            Ok(ready) => Ok(ready),
-            Err((error, decision)) => {
-                let mut refusal =
-                    self.event("AUTHORIZATION_DENIED", Some(caller), &resource, INVOKE_ACTION, "DENIED");
-                refusal.session_id = session_id;
-                refusal.metadata.insert("invocation_id".into(), invocation_id);
-                refusal.metadata.insert("correlation_id".into(), correlation_id.clone());
-                refusal.metadata.insert("reason".into(), error.message().to_owned());
-                refusal.policy_violations.push(error.code_str().to_owned());
-                if let Some((decision, input, snapshot)) = decision {
-                    describe_decision(&mut refusal, &decision, &input, &snapshot);
-                }
-                self.record(&refusal).await?;
-                Err(error.with_correlation_id(correlation_id))
+    /// Runs every check and encodes the START event; on refusal, audits it and returns the
+    /// error.
+    async fn admit_call(&self, caller: &Caller, mut call: ToolCall, admitted: Admitted) -> Result<Ready> {
+        let checked = match self.checks(caller, &call, admitted) {
+            Ok(checked) => checked,
+            Err((error, decision)) => return Err(self.refuse(caller, call, error, decision).await),
+        };
+        let Checked { contract, request_id, canary, decision, snapshot, mut input, deadline, held } = checked;
+        contract.version_text().clone_into(&mut call.contract_version);
+        let canary = canary.as_ref().map(AsDebug);
+        let start = INPUT_BUFFER.with_borrow_mut(|buf| {
+            buf.clear();
+            input.encode_raw(buf);
+            let start = self.start_event(
+                caller,
+                &call,
+                &contract,
+                &held,
+                &request_id,
+                canary.as_ref(),
+                &decision,
+                &snapshot,
+                &input,
+                buf,
+            );
+            shrink(buf);
+            start
+        });
+        // The validated parameters (with defaults applied) are what the runtime gets.
+        call.parameters = std::mem::take(&mut input.params);
+        Ok(Ready {
+            call,
+            contract,
+            start,
+            snapshot_digest: std::mem::take(&mut input.snapshot_digest),
+            risk_score: decision.risk_score(),
+            deadline,
+            held,
+        })
+    }
+
+    /// The START event of an admitted call, encoded; `input` is the encoded decision input.
+    #[expect(clippy::too_many_arguments, reason = "the parts of one event, borrowed from where they live")]
+    fn start_event(
+        &self,
+        caller: &Caller,
+        call: &ToolCall,
+        contract: &CompiledContract,
+        held: &InFlight,
+        request_id: &IdText,
+        canary: Option<&AsDebug<'_, VersionRef>>,
+        decision: &Decision,
+        snapshot: &Snapshot,
+        decision_input: &DecisionInput,
+        input: &[u8],
+    ) -> Bytes {
+        {
+            let described = Described::new(decision, snapshot, &decision_input.snapshot_digest, input);
+            let mut metadata = Metadata::default();
+            if let Some(canary) = canary {
+                metadata.insert("canary", Text::Display(canary));
             }
+            metadata.insert("invocation_id", Text::Str(&call.invocation_id));
+            metadata.insert("correlation_id", Text::Str(&call.correlation_id));
+            metadata.insert("contract_version", Text::Str(contract.version_text()));
+            metadata.insert("runtime_id", Text::Str(held.permit.runtime().id()));
+            described.add_to(&mut metadata);
+            let risk = Risk(decision.risk_score());
+            EventView {
+                event_id: request_id.as_str(),
+                timestamp_ms: self.clock().now_ms(),
+                event_type: "TOOL_INVOCATION_START",
+                principal_id: caller.principal_id(),
+                tenant_id: caller.tenant_id(),
+                session_id: &call.session_id,
+                resource: Text::Concat(TOOL_PREFIX, &call.tool_name),
+                action: INVOKE_ACTION,
+                outcome: "SUCCESS",
+                source_ip: caller.source_ip(),
+                metadata,
+                risk_score: Text::Display(&risk),
+                ..EventView::default()
+            }
+            .encode()
         }
     }
 
-    async fn checks(
+    /// Audits a refusal (with the decision, if authorization refused) and returns the error
+    /// for the caller, or the audit log's error if it cannot record it.
+    async fn refuse(
         &self,
         caller: &Caller,
-        mut call: ToolCall,
+        call: ToolCall,
+        error: Error,
+        decision: Option<Box<(Decision, DecisionInput, Snapshot)>>,
+    ) -> Error {
+        let event_id = fast_id(self.clock().as_ref());
+        let encoded = INPUT_BUFFER.with_borrow_mut(|buf| {
+            buf.clear();
+            if let Some((_, input, _)) = decision.as_deref() {
+                input.encode_raw(buf);
+            }
+            let encoded = self.refusal_event(caller, &call, &error, &event_id, decision.as_deref(), buf);
+            shrink(buf);
+            encoded
+        });
+        match self.record_encoded(encoded).await {
+            Ok(_) => error.with_correlation_id(call.correlation_id),
+            Err(audit) => audit,
+        }
+    }
+
+    /// The refusal event of a call, encoded; `input` is the encoded decision input, if any.
+    fn refusal_event(
+        &self,
+        caller: &Caller,
+        call: &ToolCall,
+        error: &Error,
+        event_id: &IdText,
+        decision: Option<&(Decision, DecisionInput, Snapshot)>,
+        input: &[u8],
+    ) -> Bytes {
+        {
+            let described = decision.map(|(decision, decision_input, snapshot)| {
+                (
+                    Described::new(decision, snapshot, &decision_input.snapshot_digest, input),
+                    Risk(decision.risk_score()),
+                )
+            });
+            let mut metadata = Metadata::default();
+            metadata.insert("invocation_id", Text::Str(&call.invocation_id));
+            metadata.insert("correlation_id", Text::Str(&call.correlation_id));
+            metadata.insert("reason", Text::Str(error.message()));
+            if let Some((described, _)) = &described {
+                described.add_to(&mut metadata);
+            }
+            EventView {
+                event_id: event_id.as_str(),
+                timestamp_ms: self.clock().now_ms(),
+                event_type: "AUTHORIZATION_DENIED",
+                principal_id: caller.principal_id(),
+                tenant_id: caller.tenant_id(),
+                session_id: &call.session_id,
+                resource: Text::Concat(TOOL_PREFIX, &call.tool_name),
+                action: INVOKE_ACTION,
+                outcome: "DENIED",
+                source_ip: caller.source_ip(),
+                metadata,
+                risk_score: described.as_ref().map_or(Text::Str(""), |(_, risk)| Text::Display(risk)),
+                policy_violation: Some(error.code_str()),
+                ..EventView::default()
+            }
+            .encode()
+        }
+    }
+
+    fn checks(
+        &self,
+        caller: &Caller,
+        call: &ToolCall,
         admitted: Admitted,
-    ) -> std::result::Result<Ready, (Error, Option<(Decision, DecisionInput, Snapshot)>)> {
+    ) -> std::result::Result<Checked, Refusal> {
         let inner = &self.inner;
         let tenant = inner.tenants.active(caller.tenant_id()).map_err(|e| (e, None))?;
         let (session, active) =
             inner.sessions.begin_invocation(caller, &call.session_id).map_err(|e| (e, None))?;
-        let contract = self.resolve_contract(caller, &call).map_err(|e| (e, None))?;
+        let contract = self.resolve_contract(caller, call).map_err(|e| (e, None))?;
         let params = contract
             .parameters()
             .validate(&call.parameters)
@@ -221,49 +418,37 @@ impl Host {
 
         // The Host assigns the request id that chooses canaries (never the caller), and uses it
         // as the id of the START event.
-        let request_id = new_id(self.clock().as_ref());
+        let request_id = fast_id(self.clock().as_ref());
         let request =
-            policy_request(caller, &tenant, &contract, &session, &params, self.clock().now_ms(), &call);
-        let outcome = inner.lifecycle.decide(&request, &request_id);
+            policy_request(caller, &tenant, &contract, &session, params, self.clock().now_ms(), call);
+        let outcome = inner.lifecycle.decide(&request, request_id.as_str());
         let (decision, snapshot) = (outcome.decision, outcome.snapshot);
         let input = aesp_policy::to_input(request, &snapshot);
         if !decision.allowed() {
             let error = decision
                 .to_error()
                 .unwrap_or_else(|| Error::new(ErrorCode::AuthorizationDenied, decision.reason()));
-            return Err((error, Some((decision, input, snapshot))));
+            return Err((error, Some(Box::new((decision, input, snapshot)))));
         }
 
         let slot = inner.limits.acquire(caller.tenant_id(), tenant.quotas.as_ref()).map_err(|e| (e, None))?;
-        let version = contract.version().clone();
-        let permit =
-            inner.runtimes.route(caller.tenant_id(), &call.tool_name, &version).map_err(|e| (e, None))?;
+        let permit = inner
+            .runtimes
+            .route(caller.tenant_id(), &call.tool_name, contract.version())
+            .map_err(|e| (e, None))?;
 
         let requested = Duration::from_millis(call.timeout_ms);
         let deadline = if requested.is_zero() { inner.options.default_call_timeout } else { requested }
             .min(inner.options.max_call_timeout);
-        call.parameters = params;
-        call.contract_version = version.to_string();
-
-        let resource = format!("tool:{}", call.tool_name);
-        let mut start =
-            self.event("TOOL_INVOCATION_START", Some(caller), &resource, INVOKE_ACTION, "SUCCESS");
-        start.event_id = request_id;
-        if let Some(canary) = &outcome.canary {
-            start.metadata.insert("canary".into(), format!("{canary:?}"));
-        }
-        start.session_id.clone_from(&call.session_id);
-        start.metadata.insert("invocation_id".into(), call.invocation_id.clone());
-        start.metadata.insert("correlation_id".into(), call.correlation_id.clone());
-        start.metadata.insert("contract_version".into(), version.to_string());
-        start.metadata.insert("runtime_id".into(), permit.runtime().id().to_owned());
-        describe_decision(&mut start, &decision, &input, &snapshot);
-        Ok(Ready {
-            call,
+        Ok(Checked {
             contract,
-            start,
+            request_id,
+            canary: outcome.canary,
+            decision,
+            snapshot,
+            input,
             deadline,
-            held: InFlight { _admitted: admitted, _active: active, _slot: slot, permit },
+            held: InFlight { _admitted: admitted, active, _slot: slot, permit },
         })
     }
 
@@ -296,22 +481,30 @@ impl Host {
     }
 
     /// Audits START (durably), runs the tool, checks the result, audits COMPLETE (durably).
-    async fn run(&self, mut ready: Ready) -> Result<ToolResult> {
-        self.record(&ready.start).await?;
+    async fn run(&self, caller: &Caller, mut ready: Ready) -> Result<ToolResult> {
+        self.record_encoded(std::mem::take(&mut ready.start)).await?;
         let started = self.clock().now_ms();
         let transport = Arc::clone(ready.held.permit.runtime().transport());
-        let correlation_id = ready.call.correlation_id.clone();
+        // What COMPLETE repeats of the call, which goes to the runtime.
+        let ids = ToolCall {
+            invocation_id: ready.call.invocation_id.clone(),
+            correlation_id: ready.call.correlation_id.clone(),
+            ..ToolCall::default()
+        };
         let call = std::mem::take(&mut ready.call);
         let mut result = transport.invoke(call, ready.deadline).await;
         if let Ok(r) = &mut result {
             if r.correlation_id.is_empty() {
-                r.correlation_id.clone_from(&correlation_id);
+                r.correlation_id.clone_from(&ids.correlation_id);
             }
             if r.status() == ToolResultStatus::Success
                 && let Some(returns) = ready.contract.returns()
             {
-                let payload = r.payload.clone().unwrap_or_default();
-                if let Err(violations) = returns.validate(&payload) {
+                let checked = match &r.payload {
+                    Some(payload) => returns.validate(payload),
+                    None => returns.validate(&Value::default()),
+                };
+                if let Err(violations) = checked {
                     result = Err(Error::new(
                         ErrorCode::InternalError,
                         format!(
@@ -323,51 +516,76 @@ impl Host {
                 }
             }
         }
-        self.complete(&ready, &result, started, 0).await?;
-        result.map_err(|e| e.with_correlation_id(correlation_id))
+        self.complete(caller, &ready, &ids, &result, started, 0).await?;
+        result.map_err(|e| e.with_correlation_id(ids.correlation_id))
     }
 
+    /// Audits COMPLETE (durably) for the call `ids` names (its invocation and correlation
+    /// ids).
     async fn complete(
         &self,
+        caller: &Caller,
         ready: &Ready,
+        ids: &ToolCall,
         result: &Result<ToolResult>,
         started: u64,
         chunks: u64,
     ) -> Result<()> {
-        let start = &ready.start;
+        let event = self.complete_event(caller, ready, ids, result, started, chunks);
+        self.record_encoded(event).await.map(drop)
+    }
+
+    /// The COMPLETE event of a call, encoded.
+    fn complete_event(
+        &self,
+        caller: &Caller,
+        ready: &Ready,
+        ids: &ToolCall,
+        result: &Result<ToolResult>,
+        started: u64,
+        chunks: u64,
+    ) -> Bytes {
         let now = self.clock().now_ms();
-        let mut metadata = BTreeMap::new();
-        for key in ["invocation_id", "correlation_id", "contract_version", "runtime_id", "snapshot_digest"] {
-            if let Some(value) = start.metadata.get(key) {
-                metadata.insert(key.to_owned(), value.clone());
-            }
-        }
-        metadata.insert("execution_time_ms".into(), now.saturating_sub(started).to_string());
+        let event_id = fast_id(self.clock().as_ref());
+        let execution_time_ms = now.saturating_sub(started);
+        let risk = Risk(ready.risk_score);
+        let mut metadata = Metadata::default();
+        metadata.insert("invocation_id", Text::Str(&ids.invocation_id));
+        metadata.insert("correlation_id", Text::Str(&ids.correlation_id));
+        metadata.insert("contract_version", Text::Str(ready.contract.version_text()));
+        metadata.insert("runtime_id", Text::Str(ready.held.permit.runtime().id()));
+        metadata.insert("snapshot_digest", Text::Str(&ready.snapshot_digest));
+        metadata.insert("execution_time_ms", Text::Display(&execution_time_ms));
         if chunks > 0 {
-            metadata.insert("chunks".into(), chunks.to_string());
+            metadata.insert("chunks", Text::Display(&chunks));
         }
-        let mut policy_violations = Vec::new();
         if let Err(e) = result {
-            metadata.insert("error".into(), e.message().to_owned());
-            policy_violations.push(e.code_str().to_owned());
+            metadata.insert("error", Text::Str(e.message()));
         }
-        let event = AuditEvent {
-            event_id: new_id(self.clock().as_ref()),
+        EventView {
+            event_id: event_id.as_str(),
             timestamp_ms: now,
-            event_type: "TOOL_INVOCATION_COMPLETE".to_owned(),
-            principal_id: start.principal_id.clone(),
-            tenant_id: start.tenant_id.clone(),
-            session_id: start.session_id.clone(),
-            resource: start.resource.clone(),
-            action: start.action.clone(),
-            outcome: outcome_of(result).to_owned(),
-            source_ip: start.source_ip.clone(),
-            user_agent: start.user_agent.clone(),
+            event_type: "TOOL_INVOCATION_COMPLETE",
+            principal_id: caller.principal_id(),
+            tenant_id: caller.tenant_id(),
+            session_id: ready.held.active.session().id(),
+            resource: Text::Concat(TOOL_PREFIX, &ready.contract.contract().name),
+            action: INVOKE_ACTION,
+            outcome: outcome_of(result),
+            source_ip: caller.source_ip(),
             metadata,
-            risk_score: start.risk_score.clone(),
-            policy_violations,
-        };
-        self.record(&event).await.map(drop)
+            risk_score: Text::Display(&risk),
+            policy_violation: result.as_ref().err().map(Error::code_str),
+            ..EventView::default()
+        }
+        .encode()
+    }
+}
+
+/// Lets go of a thread's buffer after an unusually large decision input.
+fn shrink(buf: &mut Vec<u8>) {
+    if buf.capacity() > 64 * 1024 {
+        *buf = Vec::new();
     }
 }
 
@@ -387,7 +605,7 @@ fn policy_request(
     tenant: &Tenant,
     contract: &CompiledContract,
     session: &SessionEntry,
-    params: &BTreeMap<String, Value>,
+    params: BTreeMap<String, Value>,
     now_ms: u64,
     call: &ToolCall,
 ) -> Request {
@@ -401,35 +619,9 @@ fn policy_request(
         session: Session { id: session.id().to_owned(), metadata: session.session().metadata.clone() },
         time_ms: now_ms,
         source_ip: caller.source_ip().to_owned(),
-        params: params.clone(),
+        params,
         estimated_cost: 0.0,
         tenant_attributes: strings_to_values(&tenant.attributes),
         break_glass: call.metadata.get("break_glass_justification").cloned(),
     }
-}
-
-fn describe_decision(
-    event: &mut AuditEvent,
-    decision: &Decision,
-    input: &DecisionInput,
-    snapshot: &Snapshot,
-) {
-    event.metadata.insert("snapshot_digest".into(), input.snapshot_digest.clone());
-    event.metadata.insert("snapshot_version".into(), snapshot.version().to_string());
-    event.metadata.insert("decision".into(), if decision.allowed() { "ALLOW" } else { "DENY" }.into());
-    event.metadata.insert("decision_reason".into(), decision.reason().to_owned());
-    let matched: Vec<String> = decision
-        .matched()
-        .iter()
-        .map(|m| format!("{}@{}:{:?}", m.policy_id(), m.version(), m.effect()))
-        .collect();
-    event.metadata.insert("matched_policies".into(), matched.join(","));
-    event.metadata.insert(
-        "decision_input".into(),
-        base64::engine::general_purpose::STANDARD.encode(input.encode_to_vec()),
-    );
-    if decision.break_glass() {
-        event.metadata.insert("break_glass".into(), "true".into());
-    }
-    event.risk_score = format!("{:.3}", decision.risk_score());
 }

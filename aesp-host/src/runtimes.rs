@@ -253,18 +253,20 @@ impl Runtimes {
         version: &semver::Version,
     ) -> Result<RuntimePermit> {
         let now = self.clock.now_ms();
-        let mut candidates: Vec<Arc<RuntimeEntry>> = self
-            .by_id
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .filter(|r| {
-                r.tenant_id() == tenant
-                    && r.serves(contract, version)
-                    && r.health(now, self.heartbeat_timeout) == RuntimeHealth::Healthy
-            })
-            .cloned()
-            .collect();
+        let by_id = self.by_id.read().unwrap_or_else(PoisonError::into_inner);
+        let eligible = |r: &&Arc<RuntimeEntry>| {
+            r.tenant_id() == tenant
+                && r.serves(contract, version)
+                && r.health(now, self.heartbeat_timeout) == RuntimeHealth::Healthy
+        };
+        // Usually the least-loaded eligible runtime has room: take it without collecting.
+        if let Some(permit) =
+            by_id.values().filter(eligible).min_by_key(|r| r.in_flight()).and_then(RuntimeEntry::acquire)
+        {
+            return Ok(permit);
+        }
+        let mut candidates: Vec<Arc<RuntimeEntry>> = by_id.values().filter(eligible).cloned().collect();
+        drop(by_id);
         if candidates.is_empty() {
             return Err(Error::new(
                 ErrorCode::ResourceUnavailable,

@@ -89,6 +89,13 @@ pub struct ActiveInvocation {
     entry: Arc<SessionEntry>,
 }
 
+impl ActiveInvocation {
+    /// The session the invocation runs in.
+    pub fn session(&self) -> &Arc<SessionEntry> {
+        &self.entry
+    }
+}
+
 impl Drop for ActiveInvocation {
     fn drop(&mut self) {
         if self.entry.active.fetch_sub(1, Ordering::AcqRel) == 1 {

@@ -45,6 +45,11 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// The classification and clearance order.
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
     /// Uses `labels` as the classification and clearance order.
     pub fn with_labels(mut self, labels: Labels) -> Self {
         self.labels = labels;

@@ -102,6 +102,11 @@ impl Schema {
         self.declare(Owner::Principal, name, ty)
     }
 
+    /// The declared type of the principal attribute `name`, if it is declared.
+    pub fn principal_attribute(&self, name: &str) -> Option<&AttributeType> {
+        self.attributes(Owner::Principal).get(name)
+    }
+
     /// Declares an attribute of tenants, read as `request.tenant.<name>`.
     ///
     /// # Errors

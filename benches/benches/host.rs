@@ -3,6 +3,9 @@
 //! role hierarchy and 10 CEL policies → quota → route → durable audit START (group commit,
 //! fsync on) → an in-process runtime that echoes → durable audit COMPLETE → result.
 //!
+//! A second run puts authentication in the path: every call presents an EdDSA access token,
+//! which the Host validates (cached after its first verification) and turns into the caller.
+//!
 //! `cargo bench -p aesp-benches --bench host` (set `AESP_BENCH_CONCURRENCY`, default 512, for
 //! the number of concurrent callers). Prints throughput, p50 and p99 latency.
 #![expect(clippy::expect_used, reason = "a benchmark fails by panicking")]
@@ -15,16 +18,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aesp_core::proto::v1::{
-    AltarType, EnterpriseRuntimeAnnouncement, EnterpriseToolContract, ParameterSchema, PrimitiveType,
-    PrincipalType, Tenant, ToolCall, ToolResult, ToolResultStatus, Value, altar_type,
-};
-use aesp_host::{Caller, Host, HostOptions, NewSession, handler_fn};
+use aesp_core::proto::v1::{PrincipalType, ToolCall, ToolResultStatus};
+use aesp_host::{Caller, Host, HostOptions, NewPrincipal, NewSession};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 struct Setup {
     host: Host,
     alice: Caller,
+    /// When set, each call authenticates this access token instead of using `alice`.
+    token: Option<String>,
     session: String,
     next: AtomicU64,
     _dir: tempfile::TempDir,
@@ -42,54 +44,42 @@ async fn setup() -> Setup {
         ..HostOptions::default()
     };
     let host = Host::builder().data_dir(dir.path()).options(options).build().await.expect("host");
-    aesp_benches::install_ten_policies(&host).await;
-
-    let root = Caller::principal("_system", "root", PrincipalType::User, &[]).expect("root");
-    let admin = Caller::principal(aesp_benches::TENANT, "ada", PrincipalType::User, &["tenant-admin"])
-        .expect("admin");
-    host.create_tenant(&root, Tenant { tenant_id: aesp_benches::TENANT.into(), ..Default::default() })
-        .await
-        .expect("tenant");
-    let contract = EnterpriseToolContract {
-        name: "sql.query".into(),
-        contract_version: "1.0.0".into(),
-        parameters: vec![ParameterSchema {
-            name: "query".into(),
-            r#type: Some(AltarType { kind: Some(altar_type::Kind::Primitive(PrimitiveType::String as i32)) }),
-            required: true,
-            constraints: [("max_length".to_owned(), "200".to_owned())].into(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    host.load_contracts(&admin, vec![contract]).await.expect("load");
-    host.approve_contract(&admin, "sql.query", "1.0.0").await.expect("approve");
-    let echo = handler_fn(|call: ToolCall| async move {
-        Ok(ToolResult {
-            invocation_id: call.invocation_id,
-            status: ToolResultStatus::Success as i32,
-            payload: call.parameters.get("query").cloned(),
-            ..Default::default()
-        })
-    });
-    let announcement = EnterpriseRuntimeAnnouncement { runtime_id: "echo".into(), ..Default::default() };
-    host.register_in_process_runtime(&admin, announcement, echo).await.expect("runtime");
-    host.fulfill(&admin, "echo", vec![("sql.query".into(), "^1".into())]).await.expect("fulfil");
+    let session = aesp_benches::prepare_pipeline(&host).await;
     let alice = aesp_benches::bench_caller();
-    let session = host.create_session(&alice, NewSession::default()).await.expect("session").id().to_owned();
-    Setup { host, alice, session, next: AtomicU64::new(0), _dir: dir }
+    Setup { host, alice, token: None, session, next: AtomicU64::new(0), _dir: dir }
+}
+
+/// The same Host, with a principal of the identity manager holding alice's role, clearance
+/// and attributes; its calls carry its access token.
+async fn with_token(setup: Setup) -> Setup {
+    let host = &setup.host;
+    let new =
+        NewPrincipal::new("token-alice").with_clearance("secret").with_attribute("spending_limit", "100.0");
+    let principal = host
+        .identity()
+        .create_principal(aesp_benches::TENANT, PrincipalType::User, new, "bench")
+        .await
+        .expect("principal");
+    let root = Caller::principal("_system", "root", PrincipalType::User, &[]).expect("root");
+    host.assign_role(&root, aesp_benches::TENANT, &principal.principal_id, "director").await.expect("assign");
+    let tokens = host
+        .identity()
+        .issue_tokens(aesp_benches::TENANT, &principal.principal_id, "bench")
+        .await
+        .expect("token");
+    let caller = authenticate(host, tokens.access_token.expose()).await;
+    let session = host.create_session(&caller, NewSession::default()).await.expect("session").id().to_owned();
+    Setup { token: Some(tokens.access_token.expose().to_owned()), session, ..setup }
+}
+
+/// What a gateway does per call: the token's caller, with the peer's address.
+async fn authenticate(host: &Host, token: &str) -> Caller {
+    host.authenticate(token).await.expect("the token is valid").with_source_ip("10.1.2.3")
 }
 
 impl Setup {
     fn call(&self) -> ToolCall {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        ToolCall {
-            invocation_id: format!("bench-{n}"),
-            session_id: self.session.clone(),
-            tool_name: "sql.query".into(),
-            parameters: [("query".to_owned(), Value::string("SELECT region, sum(sales) FROM orders"))].into(),
-            ..Default::default()
-        }
+        aesp_benches::pipeline_call(&self.session, self.next.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Runs `total` calls from `callers` concurrent tasks; returns the elapsed time and every
@@ -109,7 +99,14 @@ impl Setup {
                     {
                         let call = setup.call();
                         let began = Instant::now();
-                        let result = setup.host.invoke(&setup.alice, call).await.expect("the call succeeds");
+                        let result = match &setup.token {
+                            Some(token) => {
+                                let caller = authenticate(&setup.host, token).await;
+                                setup.host.invoke(&caller, call).await
+                            }
+                            None => setup.host.invoke(&setup.alice, call).await,
+                        }
+                        .expect("the call succeeds");
                         latencies.push(began.elapsed());
                         assert_eq!(result.status(), ToolResultStatus::Success);
                     }
@@ -125,13 +122,8 @@ impl Setup {
     }
 }
 
-fn pipeline(c: &mut Criterion) {
-    let rt =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let setup = Arc::new(rt.block_on(setup()));
-    let callers = concurrency();
-
-    // A fixed run for the latency distribution.
+/// The fixed run: throughput and the latency distribution, printed.
+fn fixed_run(rt: &tokio::runtime::Runtime, setup: &Arc<Setup>, callers: usize, label: &str) {
     let (elapsed, mut latencies) = rt.block_on(setup.run(100_000, callers));
     latencies.sort();
     let pick = |q: f64| {
@@ -145,25 +137,40 @@ fn pipeline(c: &mut Criterion) {
         latencies.get(i).copied().unwrap_or_default()
     };
     println!(
-        "\nhost pipeline: 100000 calls from {callers} concurrent callers in {:.2} s = {:.0} invocations/s; \
+        "\nhost pipeline{label}: 100000 calls from {callers} concurrent callers in {:.2} s = {:.0} invocations/s; \
          latency p50 {:.2} ms, p99 {:.2} ms",
         elapsed.as_secs_f64(),
         100_000.0 / elapsed.as_secs_f64(),
         pick(0.50).as_secs_f64() * 1e3,
         pick(0.99).as_secs_f64() * 1e3,
     );
+}
 
+fn pipeline(c: &mut Criterion) {
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let callers = concurrency();
     let mut group = c.benchmark_group("host");
     group.throughput(Throughput::Elements(1));
     group.sample_size(10).measurement_time(Duration::from_secs(10));
-    group.bench_function(format!("invoke_pipeline_{callers}_callers"), |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let setup = Arc::clone(&setup);
-            async move { setup.run(iters, callers).await.0 }
+    for authenticated in [false, true] {
+        let mut setup = rt.block_on(setup());
+        if authenticated {
+            setup = rt.block_on(with_token(setup));
+        }
+        let setup = Arc::new(setup);
+        let label = if authenticated { " (token authenticated)" } else { "" };
+        fixed_run(&rt, &setup, callers, label);
+        let name = if authenticated { "invoke_pipeline_token" } else { "invoke_pipeline" };
+        group.bench_function(format!("{name}_{callers}_callers"), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let setup = Arc::clone(&setup);
+                async move { setup.run(iters, callers).await.0 }
+            });
         });
-    });
+        rt.block_on(async { setup.host.shutdown().await.expect("shutdown") });
+    }
     group.finish();
-    rt.block_on(async { setup.host.shutdown().await.expect("shutdown") });
 }
 
 criterion_group!(benches, pipeline);

@@ -155,3 +155,66 @@ pub fn bench_caller() -> Caller {
         .with_attribute("spending_limit", Value::float(100.0))
         .with_source_ip("10.1.2.3")
 }
+
+/// The contract the pipeline benchmarks call: `sql.query` 1.0.0, one required string
+/// parameter `query` of at most 200 characters.
+pub fn sql_query_contract() -> aesp_core::proto::v1::EnterpriseToolContract {
+    use aesp_core::proto::v1::{AltarType, ParameterSchema, PrimitiveType, altar_type};
+    aesp_core::proto::v1::EnterpriseToolContract {
+        name: "sql.query".into(),
+        contract_version: "1.0.0".into(),
+        parameters: vec![ParameterSchema {
+            name: "query".into(),
+            r#type: Some(AltarType { kind: Some(altar_type::Kind::Primitive(PrimitiveType::String as i32)) }),
+            required: true,
+            constraints: [("max_length".to_owned(), "200".to_owned())].into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Prepares `host` for the pipeline benchmarks: the ten policies ([`install_ten_policies`]),
+/// the tenant [`TENANT`], the approved [`sql_query_contract`], an in-process runtime `echo`
+/// that returns the `query` parameter, and a session of [`bench_caller`], whose id it returns.
+///
+/// # Panics
+/// If the Host refuses the fixed fixture (a bug).
+#[expect(clippy::expect_used, reason = "a fixed fixture; failing to install it is a bug")]
+pub async fn prepare_pipeline(host: &Host) -> String {
+    use aesp_core::proto::v1::{
+        EnterpriseRuntimeAnnouncement, Tenant, ToolCall, ToolResult, ToolResultStatus,
+    };
+    install_ten_policies(host).await;
+    let root = Caller::principal("_system", "root", PrincipalType::User, &[]).expect("root");
+    let admin = Caller::principal(TENANT, "ada", PrincipalType::User, &["tenant-admin"]).expect("admin");
+    host.create_tenant(&root, Tenant { tenant_id: TENANT.into(), ..Default::default() })
+        .await
+        .expect("tenant");
+    host.load_contracts(&admin, vec![sql_query_contract()]).await.expect("load");
+    host.approve_contract(&admin, "sql.query", "1.0.0").await.expect("approve");
+    let echo = aesp_host::handler_fn(|call: ToolCall| async move {
+        Ok(ToolResult {
+            invocation_id: call.invocation_id,
+            status: ToolResultStatus::Success as i32,
+            payload: call.parameters.get("query").cloned(),
+            ..Default::default()
+        })
+    });
+    let announcement = EnterpriseRuntimeAnnouncement { runtime_id: "echo".into(), ..Default::default() };
+    host.register_in_process_runtime(&admin, announcement, echo).await.expect("runtime");
+    host.fulfill(&admin, "echo", vec![("sql.query".into(), "^1".into())]).await.expect("fulfil");
+    let alice = bench_caller();
+    host.create_session(&alice, aesp_host::NewSession::default()).await.expect("session").id().to_owned()
+}
+
+/// The `n`th benchmark call of the pipeline benchmarks, in `session`.
+pub fn pipeline_call(session: &str, n: u64) -> aesp_core::proto::v1::ToolCall {
+    aesp_core::proto::v1::ToolCall {
+        invocation_id: format!("bench-{n}"),
+        session_id: session.to_owned(),
+        tool_name: "sql.query".into(),
+        parameters: [("query".to_owned(), Value::string("SELECT region, sum(sales) FROM orders"))].into(),
+        ..Default::default()
+    }
+}

@@ -10,14 +10,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    Lease, LeaseTable, LogStorage, StorageState, StoredCheckpoint, check_checkpoint, check_hash_append,
-    check_range,
+    Leaf, Lease, LeaseTable, LogStorage, PruneRequest, StorageState, StoredCheckpoint, Tombstone,
+    check_checkpoint, check_hash_append, check_prune, check_range,
 };
 use crate::merkle::Hash;
 
 #[derive(Debug)]
 struct Inner {
-    entries: Vec<Bytes>,
+    entries: Vec<Leaf>,
     hashes: Vec<Hash>,
     integrated: u64,
     checkpoints: Vec<StoredCheckpoint>,
@@ -70,7 +70,7 @@ impl LogStorage for MemoryStorage {
     async fn append(&self, entries: &[Bytes]) -> Result<u64> {
         let mut inner = self.lock();
         let first = inner.entries.len() as u64;
-        inner.entries.extend_from_slice(entries);
+        inner.entries.extend(entries.iter().cloned().map(Leaf::Entry));
         Ok(first)
     }
 
@@ -78,10 +78,32 @@ impl LogStorage for MemoryStorage {
         Ok(self.lock().state())
     }
 
-    async fn read_entries(&self, start: u64, end: u64) -> Result<Vec<Bytes>> {
+    async fn read_leaves(&self, start: u64, end: u64) -> Result<Vec<Leaf>> {
         let inner = self.lock();
         check_range(start, end, inner.entries.len() as u64)?;
         Ok(inner.entries.get(to_usize(start)?..to_usize(end)?).unwrap_or_default().to_vec())
+    }
+
+    async fn prune(&self, request: PruneRequest<'_>) -> Result<u64> {
+        let mut inner = self.lock();
+        check_prune(inner.checkpoints.last(), &request)?;
+        let mut pruned = 0u64;
+        for &index in request.indexes {
+            let leaf = inner
+                .entries
+                .get_mut(to_usize(index)?)
+                .ok_or_else(|| Error::internal("a checkpointed entry is missing"))?;
+            if let Leaf::Entry(bytes) = leaf {
+                *leaf = Leaf::Pruned(Tombstone {
+                    leaf_hash: crate::merkle::leaf_hash(bytes),
+                    pruned_at_ms: request.pruned_at_ms,
+                    rule: request.rule.to_owned(),
+                    event_index: request.event_index,
+                });
+                pruned = pruned.saturating_add(1);
+            }
+        }
+        Ok(pruned)
     }
 
     async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<Lease> {

@@ -8,7 +8,7 @@ use aesp_core::{Clock, Error, ErrorCode, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::merkle::Hash;
+use crate::merkle::{Hash, leaf_hash};
 
 mod memory;
 mod segment;
@@ -37,6 +37,63 @@ pub struct StoredCheckpoint {
     pub size: u64,
     /// The signed note, as stored.
     pub note: Bytes,
+}
+
+/// What is left of a pruned entry: its leaf hash (so the tree, the checkpoints and every proof
+/// stay verifiable) and when, why and by which audited event it was pruned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The leaf hash of the entry that was pruned.
+    pub leaf_hash: Hash,
+    /// When it was pruned (Unix milliseconds).
+    pub pruned_at_ms: u64,
+    /// The rule under which it was pruned (for example `retention tenant=acme before=...`).
+    pub rule: String,
+    /// The index of the audit event that recorded the pruning.
+    pub event_index: u64,
+}
+
+/// The longest [`Tombstone::rule`], in bytes.
+pub const MAX_RULE_LEN: usize = 1024;
+
+/// One leaf of the log as stored: the entry's bytes, or the tombstone of a pruned entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Leaf {
+    /// The entry's exact bytes.
+    Entry(Bytes),
+    /// The entry was pruned.
+    Pruned(Tombstone),
+}
+
+impl Leaf {
+    /// The leaf hash: computed from the entry, or kept by the tombstone.
+    pub fn hash(&self) -> Hash {
+        match self {
+            Self::Entry(bytes) => leaf_hash(bytes),
+            Self::Pruned(t) => t.leaf_hash,
+        }
+    }
+
+    /// The entry's bytes, unless it was pruned.
+    pub fn entry(&self) -> Option<&Bytes> {
+        match self {
+            Self::Entry(bytes) => Some(bytes),
+            Self::Pruned(_) => None,
+        }
+    }
+}
+
+/// How a batch of entries is to be pruned: when, under which rule, recorded by which event.
+#[derive(Clone, Copy, Debug)]
+pub struct PruneRequest<'a> {
+    /// The indices to prune, ascending without repeats.
+    pub indexes: &'a [u64],
+    /// When (Unix milliseconds).
+    pub pruned_at_ms: u64,
+    /// The rule, at most [`MAX_RULE_LEN`] bytes.
+    pub rule: &'a str,
+    /// The index of the audit event that records this pruning.
+    pub event_index: u64,
 }
 
 /// The sizes of a log in storage.
@@ -72,6 +129,12 @@ pub struct StorageState {
 ///   After a crash, stored hashes beyond the latest checkpoint may be gone (`integrated_size`
 ///   falls back to it); if entries were lost, `integrated_size` may exceed `size`, and an
 ///   integrator must then refuse to go on.
+/// - **Pruning.** `prune` replaces entries by [`Tombstone`]s holding their leaf hashes, durably
+///   before it returns, and the entries' bytes are no longer stored. Only entries covered by
+///   the latest checkpoint may be pruned (their hashes are signed); others are
+///   [`ErrorCode::FailedPrecondition`]. An entry already pruned keeps its first tombstone.
+///   `read_leaves` returns tombstones in place of pruned entries; `read_entries` refuses a
+///   range holding one with [`ErrorCode::NotFound`].
 #[async_trait]
 pub trait LogStorage: Send + Sync + fmt::Debug + 'static {
     /// Appends a batch durably; returns the index of its first entry.
@@ -80,8 +143,33 @@ pub trait LogStorage: Send + Sync + fmt::Debug + 'static {
     /// The current sizes.
     async fn state(&self) -> Result<StorageState>;
 
-    /// The entries `start..end` (or a non-empty prefix of them).
-    async fn read_entries(&self, start: u64, end: u64) -> Result<Vec<Bytes>>;
+    /// The leaves `start..end` (or a non-empty prefix of them): entries, or tombstones where
+    /// entries were pruned.
+    async fn read_leaves(&self, start: u64, end: u64) -> Result<Vec<Leaf>>;
+
+    /// The entries `start..end` (or a non-empty prefix of them); a pruned entry among them is
+    /// [`ErrorCode::NotFound`].
+    async fn read_entries(&self, start: u64, end: u64) -> Result<Vec<Bytes>> {
+        let leaves = self.read_leaves(start, end).await?;
+        let mut out = Vec::with_capacity(leaves.len());
+        for (index, leaf) in (start..).zip(leaves) {
+            match leaf {
+                Leaf::Entry(bytes) => out.push(bytes),
+                Leaf::Pruned(t) => {
+                    return Err(Error::not_found(format!(
+                        "entry {index} was pruned at {} under `{}`",
+                        t.pruned_at_ms, t.rule
+                    ))
+                    .with_detail("pruned", index.to_string()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the entries of `request` by tombstones, durably; returns how many were pruned
+    /// now (entries already pruned are left as they are).
+    async fn prune(&self, request: PruneRequest<'_>) -> Result<u64>;
 
     /// Acquires or renews the integrator lease for `ttl`.
     async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<Lease>;
@@ -193,6 +281,28 @@ pub(crate) fn check_checkpoint(
         return Err(Error::new(
             ErrorCode::Conflict,
             format!("checkpoint size {size} is older than the latest checkpoint's {}", latest.size),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a `prune` call: sorted unique indices, all covered by the latest checkpoint.
+pub(crate) fn check_prune(latest: Option<&StoredCheckpoint>, request: &PruneRequest<'_>) -> Result<()> {
+    if request.rule.len() > MAX_RULE_LEN {
+        return Err(Error::invalid_argument(format!("a pruning rule is at most {MAX_RULE_LEN} bytes")));
+    }
+    if request.indexes.windows(2).any(|w| w.first() >= w.get(1)) {
+        return Err(Error::invalid_argument("indices to prune must ascend without repeats"));
+    }
+    let covered = latest.map_or(0, |c| c.size);
+    if let Some(&last) = request.indexes.last()
+        && last >= covered
+    {
+        return Err(Error::new(
+            ErrorCode::FailedPrecondition,
+            format!(
+                "entry {last} is not covered by a checkpoint yet (covered: {covered}); it cannot be pruned"
+            ),
         ));
     }
     Ok(())

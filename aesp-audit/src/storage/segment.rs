@@ -11,6 +11,11 @@
 //!   checkpoint), CRC-32C of the body `u32`, CRC-32C of the preceding 24 header bytes `u32`;
 //!   then the body. A frame's body is, per entry, its length `u32` and its bytes; a
 //!   checkpoint's body is its signed note. Integers are little-endian.
+//! - A pruned entry: its length has the top bit set, and its bytes are a tombstone: the leaf
+//!   hash (32 bytes), when it was pruned `u64`, the pruning event's index `u64`, then the rule
+//!   (UTF-8). Pruning rewrites a segment into `<name>.prune`, syncs it and renames it over the
+//!   segment; a `.prune` file found at open is the remains of an interrupted pruning and is
+//!   removed (the segment it would have replaced is intact).
 //! - `hashes`: the stored hashes (32 bytes each) in stored-hash order.
 //! - `checkpoints`: checkpoint records.
 //!
@@ -20,6 +25,7 @@
 //! checkpoint are dropped and recomputed by the integrator.
 
 use std::{
+    collections::VecDeque,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError, RwLock,
         atomic::{AtomicBool, Ordering},
@@ -32,8 +38,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    Lease, LeaseTable, LogStorage, StorageState, StoredCheckpoint, check_checkpoint, check_hash_append,
-    check_range,
+    Leaf, Lease, LeaseTable, LogStorage, PruneRequest, StorageState, StoredCheckpoint, Tombstone,
+    check_checkpoint, check_hash_append, check_prune, check_range,
 };
 use crate::{
     crc::crc32c,
@@ -50,6 +56,13 @@ const CHECKPOINT_MAGIC: u32 = 0x4b43_5541; // "AUCK"
 const RECORD_HEADER: usize = 28;
 const HASHES: &str = "hashes";
 const CHECKPOINTS: &str = "checkpoints";
+/// Marks a pruned entry in its length field.
+const PRUNED_FLAG: u32 = 1 << 31;
+/// The fixed part of a tombstone: leaf hash, time, event index.
+const TOMBSTONE_FIXED: usize = 48;
+const PRUNE_SUFFIX: &str = ".prune";
+/// The most bytes of decoded frames kept for reads.
+const FRAME_CACHE_BYTES: usize = 64 << 20;
 /// The most bytes one `read_entries` call reads.
 const MAX_READ: u64 = 8 << 20;
 
@@ -82,6 +95,8 @@ struct FrameRef {
 struct Segment {
     name: String,
     first: u64,
+    /// Bumped when pruning rewrites the segment, so cached frames of the old file go unused.
+    generation: u64,
     file: Arc<dyn FileHandle>,
     frames: Vec<FrameRef>,
     len: u64,
@@ -112,6 +127,69 @@ struct Shared {
     index: RwLock<Index>,
     meta: Mutex<Meta>,
     failed: AtomicBool,
+    /// Recently read frames, decoded: (segment first index, generation, frame offset) → frame.
+    frames: Mutex<VecDeque<(FrameKey, Arc<DecodedFrame>)>>,
+}
+
+/// A cached frame's key: its segment's first index and generation, and its offset.
+type FrameKey = (u64, u64, u64);
+
+/// A segment to rewrite: its position, file, name and frames.
+type PruneTarget = (usize, Arc<dyn FileHandle>, String, Vec<FrameRef>);
+
+/// A frame read and checked: its body and where each entry lies in it.
+#[derive(Debug)]
+struct DecodedFrame {
+    body: Bytes,
+    /// Per entry: whether it is a tombstone, and its bytes' range in `body`.
+    entries: Vec<(bool, std::ops::Range<usize>)>,
+}
+
+impl DecodedFrame {
+    /// Decodes the record at the start of `record`, which must be frame `f`.
+    fn decode(record: Bytes, f: &FrameRef, max_body: u32, name: &str) -> Result<Self> {
+        let h = decode_header(&record, FRAME_MAGIC, max_body).map_err(|why| corrupt(name, f.offset, why))?;
+        if h.key != f.first || h.count != f.count {
+            return Err(corrupt(name, f.offset, "frame header changed"));
+        }
+        let body_end = RECORD_HEADER.saturating_add(h.body_len as usize);
+        let body = record
+            .get(RECORD_HEADER..body_end)
+            .map(|_| record.slice(RECORD_HEADER..body_end))
+            .ok_or_else(|| corrupt(name, f.offset, "short frame"))?;
+        if crc32c(&body) != h.body_crc {
+            return Err(corrupt(name, f.offset, "record body checksum mismatch"));
+        }
+        let mut entries = Vec::with_capacity(f.count as usize);
+        let mut p = 0usize;
+        for _ in 0..f.count {
+            let (pruned, entry) = next_entry(&body, p, body.len())
+                .ok_or_else(|| corrupt(name, f.offset, "entry past the frame"))?;
+            p = entry.end;
+            entries.push((pruned, entry));
+        }
+        if p != body.len() {
+            return Err(corrupt(name, f.offset, "frame has trailing bytes"));
+        }
+        Ok(Self { body, entries })
+    }
+
+    /// Appends the leaves of `start..end` this frame holds to `out`.
+    fn push_leaves(&self, f: &FrameRef, start: u64, end: u64, name: &str, out: &mut Vec<Leaf>) -> Result<()> {
+        let skip = usize::try_from(start.saturating_sub(f.first)).unwrap_or(usize::MAX);
+        let take = usize::try_from(end.saturating_sub(f.first.max(start))).unwrap_or(usize::MAX);
+        for (pruned, range) in self.entries.iter().skip(skip).take(take) {
+            let bytes = self.body.slice(range.clone());
+            out.push(if *pruned {
+                Leaf::Pruned(
+                    decode_tombstone(&bytes).ok_or_else(|| corrupt(name, f.offset, "bad tombstone"))?,
+                )
+            } else {
+                Leaf::Entry(bytes)
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The embedded audit-log storage: segment files with one write and one sync per batch.
@@ -299,6 +377,34 @@ fn scan(
     Ok(Scanned { records, valid_end: at as u64 })
 }
 
+/// The entry whose length field is at `p` in `buf`: whether it is a tombstone, and where its
+/// bytes are; `None` when it does not fit before `end`.
+fn next_entry(buf: &[u8], p: usize, end: usize) -> Option<(bool, std::ops::Range<usize>)> {
+    let raw = u32_at(buf.get(p..p.checked_add(4)?)?, 0);
+    let start = p.checked_add(4)?;
+    let stop = start.checked_add((raw & !PRUNED_FLAG) as usize)?;
+    (stop <= end).then_some((raw & PRUNED_FLAG != 0, start..stop))
+}
+
+/// Appends a pruned entry (flagged length, then the tombstone) to `out`.
+fn encode_tombstone(out: &mut Vec<u8>, t: &Tombstone) -> Result<()> {
+    let len = u32::try_from(TOMBSTONE_FIXED.saturating_add(t.rule.len()))
+        .map_err(|_| Error::invalid_argument("pruning rule too long"))?;
+    out.extend_from_slice(&(len | PRUNED_FLAG).to_le_bytes());
+    out.extend_from_slice(&t.leaf_hash);
+    out.extend_from_slice(&t.pruned_at_ms.to_le_bytes());
+    out.extend_from_slice(&t.event_index.to_le_bytes());
+    out.extend_from_slice(t.rule.as_bytes());
+    Ok(())
+}
+
+fn decode_tombstone(bytes: &[u8]) -> Option<Tombstone> {
+    let mut leaf_hash = [0u8; 32];
+    leaf_hash.copy_from_slice(bytes.get(..32)?);
+    let rule = std::str::from_utf8(bytes.get(TOMBSTONE_FIXED..)?).ok()?.to_owned();
+    Some(Tombstone { leaf_hash, pruned_at_ms: u64_at(bytes, 32), event_index: u64_at(bytes, 40), rule })
+}
+
 fn read_all(file: &dyn FileHandle, name: &str) -> Result<Vec<u8>> {
     let len = file.size().map_err(|e| io_error("read", name, e))?;
     let len = usize::try_from(len).map_err(|_| corrupt(name, 0, "file too large"))?;
@@ -319,7 +425,15 @@ impl SegmentStorage {
 
     /// [`Self::open`] without a runtime.
     pub fn open_blocking(fs: Arc<dyn FileSystem>, options: SegmentOptions) -> Result<Self> {
-        let names = fs.list().map_err(|e| io_error("list", "the log directory", e))?;
+        let mut names = fs.list().map_err(|e| io_error("list", "the log directory", e))?;
+        let stray: Vec<String> = names.iter().filter(|n| n.ends_with(PRUNE_SUFFIX)).cloned().collect();
+        if !stray.is_empty() {
+            for name in &stray {
+                fs.remove(name).map_err(|e| io_error("remove", name, e))?;
+            }
+            fs.sync_dir().map_err(|e| io_error("sync", "the log directory", e))?;
+            names.retain(|n| !n.ends_with(PRUNE_SUFFIX));
+        }
         let mut firsts: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
         firsts.sort_unstable();
         let max_body = options.max_frame_bytes;
@@ -353,6 +467,7 @@ impl SegmentStorage {
                 segments.push(Segment {
                     name,
                     first: 0,
+                    generation: 0,
                     file,
                     frames: Vec::new(),
                     len: SEGMENT_HEADER as u64,
@@ -408,7 +523,7 @@ impl SegmentStorage {
                 })
                 .collect();
             size = expected;
-            segments.push(Segment { name, first, file, frames, len: scanned.valid_end });
+            segments.push(Segment { name, first, generation: 0, file, frames, len: scanned.valid_end });
         }
         if segments.is_empty() {
             segments.push(create_segment(fs.as_ref(), 0)?);
@@ -487,6 +602,7 @@ impl SegmentStorage {
                     leases: LeaseTable::new(clock),
                 }),
                 failed: AtomicBool::new(false),
+                frames: Mutex::new(VecDeque::new()),
             }),
         })
     }
@@ -509,7 +625,7 @@ fn create_segment(fs: &dyn FileSystem, first: u64) -> Result<Segment> {
     file.write_all_at(&segment_header(first), 0).map_err(|e| io_error("write", &name, e))?;
     file.sync_data().map_err(|e| io_error("sync", &name, e))?;
     fs.sync_dir().map_err(|e| io_error("sync", "the log directory", e))?;
-    Ok(Segment { name, first, file, frames: Vec::new(), len: SEGMENT_HEADER as u64 })
+    Ok(Segment { name, first, generation: 0, file, frames: Vec::new(), len: SEGMENT_HEADER as u64 })
 }
 
 impl Shared {
@@ -572,8 +688,8 @@ impl Shared {
         Ok(first)
     }
 
-    fn read_entries(&self, start: u64, end: u64) -> Result<Vec<Bytes>> {
-        let (name, file, frames) = {
+    fn read_leaves(&self, start: u64, end: u64) -> Result<Vec<Leaf>> {
+        let (seg_key, name, file, frames) = {
             let index = self.index();
             check_range(start, end, index.size)?;
             let pos = index.segments.partition_point(|s| s.first <= start);
@@ -589,51 +705,193 @@ impl Shared {
                 bytes = bytes.saturating_add(u64::from(f.len));
                 frames.push(f.clone());
             }
-            (seg.name.clone(), Arc::clone(&seg.file), frames)
+            ((seg.first, seg.generation), seg.name.clone(), Arc::clone(&seg.file), frames)
         };
-        let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
-            return Err(Error::internal("no frame holds the entries"));
-        };
-        let base = first.offset;
-        let total = last.offset.saturating_add(u64::from(last.len)).saturating_sub(base);
-        let mut buf = vec![0u8; usize::try_from(total).map_err(|_| Error::internal("read too large"))?];
-        file.read_exact_at(&mut buf, base).map_err(|e| io_error("read", &name, e))?;
-        let buf = Bytes::from(buf);
         let mut out = Vec::new();
-        for f in &frames {
-            let at = usize::try_from(f.offset - base).unwrap_or(usize::MAX);
-            let record = buf.get(at..).unwrap_or_default();
-            let h = decode_header(record, FRAME_MAGIC, self.options.max_frame_bytes)
-                .map_err(|why| corrupt(&name, f.offset, why))?;
-            if h.key != f.first || h.count != f.count {
-                return Err(corrupt(&name, f.offset, "frame header changed"));
-            }
-            let body_start = at.saturating_add(RECORD_HEADER);
-            let body_end = body_start.saturating_add(h.body_len as usize);
-            let body =
-                buf.get(body_start..body_end).ok_or_else(|| corrupt(&name, f.offset, "short frame"))?;
-            if crc32c(body) != h.body_crc {
-                return Err(corrupt(&name, f.offset, "record body checksum mismatch"));
-            }
-            let mut p = body_start;
-            for i in 0..u64::from(f.count) {
-                let len = buf.get(p..p.saturating_add(4)).map(|b| u32_at(b, 0) as usize);
-                let len = len.ok_or_else(|| corrupt(&name, f.offset, "entry length past the frame"))?;
-                let entry_end = p.saturating_add(4).saturating_add(len);
-                if entry_end > body_end {
-                    return Err(corrupt(&name, f.offset, "entry past the frame"));
-                }
-                let index = f.first.saturating_add(i);
-                if index >= start && index < end {
-                    out.push(buf.slice(p.saturating_add(4)..entry_end));
-                }
-                p = entry_end;
-            }
-            if p != body_end {
-                return Err(corrupt(&name, f.offset, "frame has trailing bytes"));
+        // A frame read in part (a query's page out of a large group commit) is decoded once
+        // and kept, so the next page does not read and check it again; whole frames (scans)
+        // are read together and not kept. Only the first and last frames can be partial.
+        let partial = |f: &FrameRef| start > f.first || end < f.first.saturating_add(u64::from(f.count));
+        let mut whole: &[FrameRef] = &frames;
+        let mut last_partial = None;
+        if let Some((f, rest)) = whole.split_first()
+            && partial(f)
+        {
+            self.cached_frame(seg_key, &name, file.as_ref(), f)?
+                .push_leaves(f, start, end, &name, &mut out)?;
+            whole = rest;
+        }
+        if let Some((f, rest)) = whole.split_last()
+            && partial(f)
+        {
+            last_partial = Some(f);
+            whole = rest;
+        }
+        if let (Some(first), Some(last)) = (whole.first(), whole.last()) {
+            let base = first.offset;
+            let total = last.offset.saturating_add(u64::from(last.len)).saturating_sub(base);
+            let mut buf = vec![0u8; usize::try_from(total).map_err(|_| Error::internal("read too large"))?];
+            file.read_exact_at(&mut buf, base).map_err(|e| io_error("read", &name, e))?;
+            let buf = Bytes::from(buf);
+            for f in whole {
+                let at = usize::try_from(f.offset - base).unwrap_or(usize::MAX);
+                let record = buf.slice(at.min(buf.len())..);
+                DecodedFrame::decode(record, f, self.options.max_frame_bytes, &name)?
+                    .push_leaves(f, start, end, &name, &mut out)?;
             }
         }
+        if let Some(f) = last_partial {
+            self.cached_frame(seg_key, &name, file.as_ref(), f)?
+                .push_leaves(f, start, end, &name, &mut out)?;
+        }
+        if out.is_empty() {
+            return Err(Error::internal("no frame holds the entries"));
+        }
         Ok(out)
+    }
+
+    /// Frame `f` of the segment `(first index, generation)`, decoded, from the cache or read now.
+    fn cached_frame(
+        &self,
+        seg_key: (u64, u64),
+        name: &str,
+        file: &dyn FileHandle,
+        f: &FrameRef,
+    ) -> Result<Arc<DecodedFrame>> {
+        let key = (seg_key.0, seg_key.1, f.offset);
+        if let Some((_, hit)) = lock(&self.frames).iter().find(|(k, _)| *k == key) {
+            return Ok(Arc::clone(hit));
+        }
+        let mut buf = vec![0u8; f.len as usize];
+        file.read_exact_at(&mut buf, f.offset).map_err(|e| io_error("read", name, e))?;
+        let decoded =
+            Arc::new(DecodedFrame::decode(Bytes::from(buf), f, self.options.max_frame_bytes, name)?);
+        let mut cache = lock(&self.frames);
+        let mut bytes: usize = cache.iter().map(|(_, d)| d.body.len()).sum();
+        if decoded.body.len() <= FRAME_CACHE_BYTES {
+            while bytes.saturating_add(decoded.body.len()) > FRAME_CACHE_BYTES {
+                let Some((_, old)) = cache.pop_front() else { break };
+                bytes = bytes.saturating_sub(old.body.len());
+            }
+            cache.push_back((key, Arc::clone(&decoded)));
+        }
+        Ok(decoded)
+    }
+
+    /// Rewrites every segment holding an entry of `request` with those entries pruned.
+    fn prune(&self, request: &PruneRequest<'_>) -> Result<u64> {
+        let _writer = lock(&self.writer);
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Error::unavailable("audit storage failed to write earlier; reopen it to recover"));
+        }
+        check_prune(lock(&self.meta).checkpoints.last(), request)?;
+        let targets: Vec<PruneTarget> = {
+            let index = self.index();
+            let mut out = Vec::new();
+            for (pos, seg) in index.segments.iter().enumerate() {
+                let end = index.segments.get(pos.saturating_add(1)).map_or(index.size, |s| s.first);
+                let from = request.indexes.partition_point(|&i| i < seg.first);
+                if request.indexes.get(from).is_some_and(|&i| i < end) {
+                    out.push((pos, Arc::clone(&seg.file), seg.name.clone(), seg.frames.clone()));
+                }
+            }
+            out
+        };
+        let mut pruned = 0u64;
+        for (pos, file, name, frames) in targets {
+            let data = read_all(file.as_ref(), &name)?;
+            let (rewritten, new_frames, count) = self.rewrite_pruned(&name, &data, &frames, request)?;
+            if count == 0 {
+                continue;
+            }
+            let tmp = format!("{name}{PRUNE_SUFFIX}");
+            let new_file = self.fs.open(&tmp, true).map_err(|e| io_error("create", &tmp, e))?;
+            new_file.set_len(0).map_err(|e| io_error("truncate", &tmp, e))?;
+            new_file.write_all_at(&rewritten, 0).map_err(|e| io_error("write", &tmp, e))?;
+            new_file.sync_data().map_err(|e| io_error("sync", &tmp, e))?;
+            // From the rename on, the directory may hold either file until it is synced.
+            let swapped = self
+                .fs
+                .rename(&tmp, &name)
+                .and_then(|()| self.fs.sync_dir())
+                .map_err(|e| io_error("replace", &name, e));
+            if let Err(e) = swapped {
+                self.failed.store(true, Ordering::Release);
+                return Err(e);
+            }
+            lock(&self.frames).clear();
+            let mut index = self.index_mut();
+            if let Some(seg) = index.segments.get_mut(pos) {
+                seg.generation = seg.generation.saturating_add(1);
+                seg.file = new_file;
+                seg.frames = new_frames;
+                seg.len = rewritten.len() as u64;
+            }
+            pruned = pruned.saturating_add(count);
+        }
+        Ok(pruned)
+    }
+
+    /// The segment `data` with the entries of `request` replaced by tombstones; its frames;
+    /// how many entries were pruned.
+    fn rewrite_pruned(
+        &self,
+        name: &str,
+        data: &[u8],
+        frames: &[FrameRef],
+        request: &PruneRequest<'_>,
+    ) -> Result<(Vec<u8>, Vec<FrameRef>, u64)> {
+        let mut out = Vec::with_capacity(data.len());
+        out.extend_from_slice(data.get(..SEGMENT_HEADER).ok_or_else(|| corrupt(name, 0, "short segment"))?);
+        let mut new_frames = Vec::with_capacity(frames.len());
+        let mut count = 0u64;
+        let mut body = Vec::new();
+        for f in frames {
+            let at = usize::try_from(f.offset).map_err(|_| corrupt(name, f.offset, "offset"))?;
+            let record = data.get(at..).unwrap_or_default();
+            let h = decode_header(record, FRAME_MAGIC, self.options.max_frame_bytes)
+                .map_err(|why| corrupt(name, f.offset, why))?;
+            let body_start = at.saturating_add(RECORD_HEADER);
+            let body_end = body_start.saturating_add(h.body_len as usize);
+            let old = data.get(body_start..body_end).ok_or_else(|| corrupt(name, f.offset, "short frame"))?;
+            if crc32c(old) != h.body_crc || h.key != f.first || h.count != f.count {
+                return Err(corrupt(name, f.offset, "record body checksum mismatch"));
+            }
+            let offset = out.len() as u64;
+            let last = f.first.saturating_add(u64::from(f.count));
+            let from = request.indexes.partition_point(|&i| i < f.first);
+            if request.indexes.get(from).is_none_or(|&i| i >= last) {
+                out.extend_from_slice(data.get(at..body_end).unwrap_or_default());
+                new_frames.push(FrameRef { offset, ..f.clone() });
+                continue;
+            }
+            body.clear();
+            let mut p = body_start;
+            let mut targets = request.indexes.get(from..).unwrap_or_default().iter().peekable();
+            for index in f.first..last {
+                let (pruned, entry) = next_entry(data, p, body_end)
+                    .ok_or_else(|| corrupt(name, f.offset, "entry past the frame"))?;
+                let bytes = data.get(entry.clone()).unwrap_or_default();
+                if targets.next_if_eq(&&index).is_some() && !pruned {
+                    let tombstone = Tombstone {
+                        leaf_hash: crate::merkle::leaf_hash(bytes),
+                        pruned_at_ms: request.pruned_at_ms,
+                        rule: request.rule.to_owned(),
+                        event_index: request.event_index,
+                    };
+                    encode_tombstone(&mut body, &tombstone)?;
+                    count = count.saturating_add(1);
+                } else {
+                    body.extend_from_slice(data.get(p..entry.end).unwrap_or_default());
+                }
+                p = entry.end;
+            }
+            encode_record(&mut out, FRAME_MAGIC, f.first, f.count, &body)?;
+            let len =
+                u32::try_from(out.len() as u64 - offset).map_err(|_| Error::internal("frame too large"))?;
+            new_frames.push(FrameRef { first: f.first, count: f.count, offset, len });
+        }
+        Ok((out, new_frames, count))
     }
 
     fn append_hashes(&self, lease: &Lease, from: u64, to: u64, hashes: &[Hash]) -> Result<()> {
@@ -724,7 +982,10 @@ impl LogStorage for SegmentStorage {
         let mut frame = Vec::with_capacity(total.saturating_add(RECORD_HEADER));
         frame.resize(RECORD_HEADER, 0);
         for e in entries {
-            let len = u32::try_from(e.len()).map_err(|_| Error::invalid_argument("entry too large"))?;
+            let len = u32::try_from(e.len())
+                .ok()
+                .filter(|&l| l < PRUNED_FLAG)
+                .ok_or_else(|| Error::invalid_argument("entry too large"))?;
             frame.extend_from_slice(&len.to_le_bytes());
             frame.extend_from_slice(e);
         }
@@ -735,8 +996,18 @@ impl LogStorage for SegmentStorage {
         Ok(self.shared.state())
     }
 
-    async fn read_entries(&self, start: u64, end: u64) -> Result<Vec<Bytes>> {
-        self.blocking(move |s| s.read_entries(start, end)).await
+    async fn read_leaves(&self, start: u64, end: u64) -> Result<Vec<Leaf>> {
+        self.blocking(move |s| s.read_leaves(start, end)).await
+    }
+
+    async fn prune(&self, request: PruneRequest<'_>) -> Result<u64> {
+        let indexes = request.indexes.to_vec();
+        let rule = request.rule.to_owned();
+        let (pruned_at_ms, event_index) = (request.pruned_at_ms, request.event_index);
+        self.blocking(move |s| {
+            s.prune(&PruneRequest { indexes: &indexes, pruned_at_ms, rule: &rule, event_index })
+        })
+        .await
     }
 
     async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<Lease> {
@@ -791,7 +1062,7 @@ pub(crate) fn rewrite_entry(fs: &crate::fs::FaultyFileSystem, index: u64, byte: 
             if index >= h.key && index < h.key.saturating_add(u64::from(h.count)) {
                 let mut p = body;
                 for _ in h.key..index {
-                    p = p.saturating_add(4).saturating_add(u32_at(&data, p) as usize);
+                    p = p.saturating_add(4).saturating_add((u32_at(&data, p) & !PRUNED_FLAG) as usize);
                 }
                 let target =
                     data.get_mut(p.saturating_add(4)).ok_or_else(|| corrupt(&name, p as u64, "short"))?;

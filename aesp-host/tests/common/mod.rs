@@ -11,7 +11,9 @@ use std::{
     time::Duration,
 };
 
-use aesp_audit::{Hash, Lease, LogStorage, MemoryStorage, StorageState, StoredCheckpoint};
+use aesp_audit::{
+    Hash, Leaf, Lease, LogStorage, MemoryStorage, PruneRequest, StorageState, StoredCheckpoint,
+};
 use aesp_core::{
     Error, ManualClock, Result,
     proto::v1::{
@@ -45,8 +47,11 @@ impl LogStorage for FlakyAudit {
     async fn state(&self) -> Result<StorageState> {
         self.inner.state().await
     }
-    async fn read_entries(&self, start: u64, end: u64) -> Result<Vec<Bytes>> {
-        self.inner.read_entries(start, end).await
+    async fn read_leaves(&self, start: u64, end: u64) -> Result<Vec<Leaf>> {
+        self.inner.read_leaves(start, end).await
+    }
+    async fn prune(&self, request: PruneRequest<'_>) -> Result<u64> {
+        self.inner.prune(request).await
     }
     async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<Lease> {
         self.inner.acquire_lease(holder, ttl).await

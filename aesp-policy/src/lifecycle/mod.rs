@@ -23,7 +23,7 @@ use std::{
 };
 
 use aesp_core::{
-    Clock, Error, ErrorCode, Result, Revision, StateStore, Txn, TxnOutcome, new_id,
+    Clock, Error, ErrorCode, Result, Revision, StateStore, StateStoreExt as _, Txn, TxnOutcome, new_id,
     proto::v1::{AuditEvent, PolicyDefinition, RoleDefinition, Value},
 };
 use arc_swap::ArcSwap;
@@ -43,6 +43,9 @@ use rollout::{Candidate, CounterTable, DivergenceRing, Rollout, bucket};
 use source::{PolicySource, Source};
 
 use crate::{Engine, Request, Schema, Snapshot, SnapshotBuilder};
+
+/// The most roles one principal may be assigned in a tenant (a bound on a listing).
+const MAX_ASSIGNMENTS_PER_PRINCIPAL: usize = 10_000;
 
 /// How a [`PolicyLifecycle`] is set up.
 #[derive(Clone)]
@@ -1076,6 +1079,27 @@ impl PolicyLifecycle {
         let mut audit = self.audit("POLICY_UPDATE", actor, tenant, format!("role:{role_id}"), "assign_role");
         audit.metadata.insert("assignee".into(), principal_id.to_owned());
         Ok(audit)
+    }
+
+    /// The roles assigned to a principal in a tenant (directly, without the roles they
+    /// inherit), sorted, as stored.
+    ///
+    /// # Errors
+    ///
+    /// A store error.
+    pub async fn assigned_roles(&self, tenant: &str, principal_id: &str) -> Result<Vec<String>> {
+        let prefix =
+            format!("{}assignments/{}/", records::roles_prefix(tenant), records::escape(principal_id));
+        let page = self.store.scan_all(prefix.as_bytes(), MAX_ASSIGNMENTS_PER_PRINCIPAL).await?;
+        let mut roles: Vec<String> = page
+            .kvs
+            .iter()
+            .filter_map(|kv| kv.key.strip_prefix(prefix.as_bytes()))
+            .filter_map(|rest| std::str::from_utf8(rest).ok())
+            .map(records::unescape)
+            .collect();
+        roles.sort();
+        Ok(roles)
     }
 
     /// Removes a role from a principal in a tenant and reinstalls the snapshots.

@@ -1,0 +1,405 @@
+//! The query index of the audit log: derived data kept in memory, built from the log's entries
+//! and never a second source of truth.
+//!
+//! One compact row per log index (time and the interned tenant, principal, event type, outcome
+//! and resource), posting lists of log indices per tenant, principal, event type and resource,
+//! and per block of [`BLOCK`] indices the span of event times (a zone map), so a time range
+//! skips the blocks it cannot match. The index follows the log from the batches the committer
+//! hands it (no extra read, no fsync) and catches up from storage when it missed some or
+//! starts on an existing log.
+
+use std::{
+    collections::HashMap,
+    sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard},
+};
+
+use aesp_core::Result;
+use bytes::Bytes;
+
+use crate::storage::LogStorage;
+
+/// How many consecutive log indices one zone-map entry covers.
+pub(crate) const BLOCK: u64 = 1024;
+/// How many leaves a catch-up reads per storage call.
+const CATCH_UP_CHUNK: u64 = 16 * 1024;
+
+/// An interned string.
+pub(crate) type Sym = u32;
+
+/// Strings seen in the log, each stored once.
+#[derive(Debug, Default)]
+pub(crate) struct Interner {
+    ids: HashMap<Box<[u8]>, Sym>,
+    names: Vec<Box<str>>,
+}
+
+impl Interner {
+    pub(crate) fn get(&self, s: &str) -> Option<Sym> {
+        self.ids.get(s.as_bytes()).copied()
+    }
+
+    pub(crate) fn name(&self, sym: Sym) -> &str {
+        self.names.get(sym as usize).map_or("", |s| s)
+    }
+
+    /// The symbol of `bytes`, interning them; `None` if they are not UTF-8.
+    fn intern(&mut self, bytes: &[u8]) -> Option<Sym> {
+        if let Some(&id) = self.ids.get(bytes) {
+            return Some(id);
+        }
+        let s = std::str::from_utf8(bytes).ok()?;
+        let id = Sym::try_from(self.names.len()).ok()?;
+        self.names.push(s.into());
+        self.ids.insert(bytes.into(), id);
+        Some(id)
+    }
+}
+
+/// What kind of leaf a row describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowKind {
+    /// An audit event, indexed.
+    Event,
+    /// Pruned: its fields are no longer known (after a rebuild) or no longer shown.
+    Pruned,
+    /// Bytes that are not an audit event (appended with `append_encoded`).
+    Opaque,
+}
+
+/// One log index, as the index knows it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Row {
+    pub(crate) time_ms: u64,
+    pub(crate) tenant: Sym,
+    pub(crate) principal: Sym,
+    pub(crate) event_type: Sym,
+    pub(crate) outcome: Sym,
+    pub(crate) resource: Sym,
+    pub(crate) violation: bool,
+    pub(crate) kind: RowKind,
+}
+
+const NO_ROW: Row = Row {
+    time_ms: 0,
+    tenant: 0,
+    principal: 0,
+    event_type: 0,
+    outcome: 0,
+    resource: 0,
+    violation: false,
+    kind: RowKind::Opaque,
+};
+
+/// The indexed dimensions with posting lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Dim {
+    Tenant,
+    Principal,
+    EventType,
+    Resource,
+}
+
+/// The fields of an audit event the index keeps, borrowed from its encoding.
+#[derive(Default)]
+struct Fields<'a> {
+    time_ms: u64,
+    event_type: &'a [u8],
+    principal: &'a [u8],
+    tenant: &'a [u8],
+    resource: &'a [u8],
+    outcome: &'a [u8],
+    violation: bool,
+}
+
+fn varint(buf: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = buf.split_first()?;
+        *buf = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Reads the indexed fields of an `AuditEvent` encoding without decoding the rest (the
+/// metadata map, ids and agent strings are skipped); `None` if it is not a valid encoding.
+fn scan_event(mut buf: &[u8]) -> Option<Fields<'_>> {
+    let mut f = Fields::default();
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        let field = key >> 3;
+        match key & 7 {
+            0 => {
+                let v = varint(&mut buf)?;
+                if field == 2 {
+                    f.time_ms = v;
+                }
+            }
+            1 => buf = buf.get(8..)?,
+            5 => buf = buf.get(4..)?,
+            2 => {
+                let len = usize::try_from(varint(&mut buf)?).ok()?;
+                let (value, rest) = buf.split_at_checked(len)?;
+                buf = rest;
+                match field {
+                    3 => f.event_type = value,
+                    4 => f.principal = value,
+                    5 => f.tenant = value,
+                    7 => f.resource = value,
+                    9 => f.outcome = value,
+                    14 => f.violation = true,
+                    _ => {}
+                }
+            }
+            _ => return None,
+        }
+        if field == 0 {
+            return None;
+        }
+    }
+    Some(f)
+}
+
+/// The index proper.
+#[derive(Debug, Default)]
+pub(crate) struct IndexState {
+    pub(crate) strings: Interner,
+    pub(crate) rows: Vec<Row>,
+    pub(crate) postings: HashMap<(Dim, Sym), Vec<u64>>,
+    /// Per block: the least and greatest event time of its indexed events.
+    pub(crate) zones: Vec<(u64, u64)>,
+}
+
+impl IndexState {
+    /// The number of log indices the index covers.
+    pub(crate) fn size(&self) -> u64 {
+        self.rows.len() as u64
+    }
+
+    fn push(&mut self, entry: Option<&[u8]>) {
+        let index = self.size();
+        let row = entry.and_then(|e| self.row_of(e)).unwrap_or(Row {
+            kind: if entry.is_some() { RowKind::Opaque } else { RowKind::Pruned },
+            ..NO_ROW
+        });
+        if row.kind == RowKind::Event {
+            for (dim, sym) in [
+                (Dim::Tenant, row.tenant),
+                (Dim::Principal, row.principal),
+                (Dim::EventType, row.event_type),
+                (Dim::Resource, row.resource),
+            ] {
+                self.postings.entry((dim, sym)).or_default().push(index);
+            }
+            let block = usize::try_from(index / BLOCK).unwrap_or(usize::MAX);
+            if self.zones.len() <= block {
+                self.zones.resize(block.saturating_add(1), (u64::MAX, 0));
+            }
+            if let Some(zone) = self.zones.get_mut(block) {
+                zone.0 = zone.0.min(row.time_ms);
+                zone.1 = zone.1.max(row.time_ms);
+            }
+        }
+        self.rows.push(row);
+    }
+
+    fn row_of(&mut self, entry: &[u8]) -> Option<Row> {
+        let f = scan_event(entry)?;
+        Some(Row {
+            time_ms: f.time_ms,
+            tenant: self.strings.intern(f.tenant)?,
+            principal: self.strings.intern(f.principal)?,
+            event_type: self.strings.intern(f.event_type)?,
+            outcome: self.strings.intern(f.outcome)?,
+            resource: self.strings.intern(f.resource)?,
+            violation: f.violation,
+            kind: RowKind::Event,
+        })
+    }
+
+    /// Whether the zone of `index`'s block may hold a time in `start..end`.
+    pub(crate) fn zone_overlaps(&self, index: u64, start: u64, end: u64) -> bool {
+        let block = usize::try_from(index / BLOCK).unwrap_or(usize::MAX);
+        self.zones.get(block).is_some_and(|&(lo, hi)| lo <= hi && hi >= start && lo < end)
+    }
+
+    pub(crate) fn row(&self, index: u64) -> Option<&Row> {
+        self.rows.get(usize::try_from(index).ok()?)
+    }
+
+    pub(crate) fn posting(&self, dim: Dim, sym: Sym) -> &[u64] {
+        self.postings.get(&(dim, sym)).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The in-memory index of one log, shared by its readers.
+#[derive(Debug, Default)]
+pub(crate) struct AuditIndex {
+    state: RwLock<IndexState>,
+    /// Serialises catching up, so two readers do not both read the same leaves.
+    follow: tokio::sync::Mutex<()>,
+}
+
+impl AuditIndex {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, IndexState> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, IndexState> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Indexes a durable batch handed over by the committer; a gap before it is read from
+    /// storage first.
+    pub(crate) async fn ingest(&self, storage: &dyn LogStorage, first: u64, entries: &[Bytes]) -> Result<()> {
+        let _follow = self.follow.lock().await;
+        self.catch_up_locked(storage, first).await?;
+        let mut state = self.write();
+        let skip = usize::try_from(state.size().saturating_sub(first)).unwrap_or(usize::MAX);
+        if state.size() >= first {
+            for entry in entries.iter().skip(skip) {
+                state.push(Some(entry));
+            }
+        }
+        Ok(())
+    }
+
+    /// Indexes every leaf below `target` not indexed yet, reading them from storage.
+    pub(crate) async fn catch_up(&self, storage: &dyn LogStorage, target: u64) -> Result<()> {
+        if self.read().size() >= target {
+            return Ok(());
+        }
+        let _follow = self.follow.lock().await;
+        self.catch_up_locked(storage, target).await
+    }
+
+    async fn catch_up_locked(&self, storage: &dyn LogStorage, target: u64) -> Result<()> {
+        loop {
+            let from = self.read().size();
+            if from >= target {
+                return Ok(());
+            }
+            let leaves = storage.read_leaves(from, target.min(from.saturating_add(CATCH_UP_CHUNK))).await?;
+            if leaves.is_empty() {
+                return Err(aesp_core::Error::internal("the storage returned no leaves"));
+            }
+            let mut state = self.write();
+            for leaf in &leaves {
+                state.push(leaf.entry().map(|b| &b[..]));
+            }
+        }
+    }
+
+    /// Marks indices as pruned: they no longer match any query.
+    pub(crate) fn mark_pruned(&self, indexes: &[u64]) {
+        let mut state = self.write();
+        for &i in indexes {
+            if let Some(row) = usize::try_from(i).ok().and_then(|i| state.rows.get_mut(i)) {
+                row.kind = RowKind::Pruned;
+            }
+        }
+    }
+}
+
+/// A walk over the candidate log indices of a query, ascending.
+#[derive(Debug)]
+pub(crate) enum Candidates<'a> {
+    /// Every index.
+    All,
+    /// The indices of one posting list; `at` is where the last seek stopped.
+    One { list: &'a [u64], at: usize },
+    /// The union of several posting lists.
+    Union(Vec<(&'a [u64], usize)>),
+}
+
+/// The first position at or after `at` in `list` whose value is `>= target` (galloping, so
+/// a walk forward costs little per step).
+fn gallop(list: &[u64], mut at: usize, target: u64) -> usize {
+    let mut step = 1usize;
+    let mut hi = at;
+    while list.get(hi).is_some_and(|&v| v < target) {
+        at = hi.saturating_add(1);
+        hi = hi.saturating_add(step);
+        step = step.saturating_mul(2);
+    }
+    let hi = hi.min(list.len());
+    at.saturating_add(list.get(at..hi).unwrap_or_default().partition_point(|&v| v < target))
+}
+
+impl Candidates<'_> {
+    /// The least candidate `>= target`, if any.
+    pub(crate) fn seek(&mut self, target: u64) -> Option<u64> {
+        match self {
+            Self::All => Some(target),
+            Self::One { list, at } => {
+                *at = gallop(list, *at, target);
+                list.get(*at).copied()
+            }
+            Self::Union(lists) => lists
+                .iter_mut()
+                .filter_map(|(list, at)| {
+                    *at = gallop(list, *at, target);
+                    list.get(*at).copied()
+                })
+                .min(),
+        }
+    }
+
+    /// How many candidates there are at most.
+    pub(crate) fn bound(&self) -> u64 {
+        match self {
+            Self::All => u64::MAX,
+            Self::One { list, .. } => list.len() as u64,
+            Self::Union(lists) => lists.iter().map(|(l, _)| l.len() as u64).sum(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aesp_core::proto::v1::AuditEvent;
+    use prost::Message as _;
+
+    use super::*;
+
+    #[test]
+    fn the_scanner_reads_what_prost_encodes() {
+        let event = AuditEvent {
+            event_id: "e".into(),
+            timestamp_ms: 1_700_000_000_123,
+            event_type: "AUTHORIZATION_DENIED".into(),
+            principal_id: "alice".into(),
+            tenant_id: "acme".into(),
+            resource: "tool:x".into(),
+            outcome: "DENIED".into(),
+            metadata: [("k".to_owned(), "v".to_owned())].into(),
+            policy_violations: vec!["p1".into()],
+            ..AuditEvent::default()
+        };
+        let bytes = event.encode_to_vec();
+        let f = scan_event(&bytes).unwrap();
+        assert_eq!(f.time_ms, event.timestamp_ms);
+        assert_eq!(f.event_type, b"AUTHORIZATION_DENIED");
+        assert_eq!(
+            (f.principal, f.tenant, f.resource, f.outcome),
+            (&b"alice"[..], &b"acme"[..], &b"tool:x"[..], &b"DENIED"[..])
+        );
+        assert!(f.violation);
+        assert!(scan_event(&[0xff, 0xff]).is_none());
+        assert!(scan_event(&bytes[..bytes.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn gallop_finds_the_first_value_not_below_the_target() {
+        let list: Vec<u64> = (0..1000).map(|i| i * 3).collect();
+        for target in [0, 1, 3, 500, 2997, 2998, 5000] {
+            let want = list.partition_point(|&v| v < target);
+            for from in [0, want / 2, want] {
+                assert_eq!(gallop(&list, from, target), want, "{target} from {from}");
+            }
+        }
+    }
+}

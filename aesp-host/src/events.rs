@@ -1,0 +1,362 @@
+//! The invocation pipeline's audit events, encoded straight from borrowed parts.
+//!
+//! [`EventView`] holds what an `AuditEvent` would, as borrowed strings and values rendered
+//! on demand, and encodes into exactly the bytes `AuditEvent::encode_to_vec` gives for the
+//! same event (fields in tag order, proto3 defaults left out, metadata entries in key order),
+//! in one allocation of the exact size: no `String` per field, no map, no second buffer.
+
+use std::fmt::{self, Write as _};
+
+use aesp_policy::PolicyMatch;
+use base64::Engine as _;
+use prost::{
+    bytes::Bytes,
+    encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len},
+};
+
+/// A string field or metadata value, rendered when the event is encoded.
+#[derive(Clone, Copy)]
+pub(crate) enum Text<'a> {
+    /// The text itself.
+    Str(&'a str),
+    /// Two pieces, one after the other (`tool:` and a tool name).
+    Concat(&'a str, &'a str),
+    /// A value's `Display` (it must render the same text every time).
+    Display(&'a dyn fmt::Display),
+    /// Standard base64 (with padding) of bytes.
+    Base64(&'a [u8]),
+}
+
+impl Default for Text<'_> {
+    fn default() -> Self {
+        Text::Str("")
+    }
+}
+
+/// Counts what is written.
+struct Counter(usize);
+
+impl fmt::Write for Counter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0 += s.len();
+        Ok(())
+    }
+}
+
+/// Appends what is written to a byte buffer.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for Append<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+impl Text<'_> {
+    /// The length of the rendered text in bytes.
+    fn len(&self) -> usize {
+        match self {
+            Text::Str(s) => s.len(),
+            Text::Concat(a, b) => a.len() + b.len(),
+            Text::Display(d) => {
+                let mut counter = Counter(0);
+                let _ = write!(counter, "{d}");
+                counter.0
+            }
+            Text::Base64(bytes) => base64::encoded_len(bytes.len(), true).unwrap_or(0),
+        }
+    }
+
+    fn write(&self, len: usize, buf: &mut Vec<u8>) {
+        match self {
+            Text::Str(s) => buf.extend_from_slice(s.as_bytes()),
+            Text::Concat(a, b) => {
+                buf.extend_from_slice(a.as_bytes());
+                buf.extend_from_slice(b.as_bytes());
+            }
+            Text::Display(d) => {
+                let _ = write!(Append(buf), "{d}");
+            }
+            Text::Base64(bytes) => {
+                let start = buf.len();
+                buf.resize(start + len, 0);
+                if let Some(out) = buf.get_mut(start..) {
+                    let _ = base64::engine::general_purpose::STANDARD.encode_slice(bytes, out);
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn render(&self) -> String {
+        let mut buf = Vec::new();
+        self.write(self.len(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The most metadata entries an [`EventView`] holds (the pipeline's events use at most 13).
+pub(crate) const MAX_METADATA: usize = 16;
+
+/// An audit event's metadata: at most [`MAX_METADATA`] entries with distinct keys, on the
+/// stack; encoded in key order, as a `BTreeMap` is.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Metadata<'a> {
+    entries: [(&'a str, Text<'a>); MAX_METADATA],
+    len: usize,
+}
+
+impl<'a> Metadata<'a> {
+    /// Adds an entry; `key` must not be in the metadata already.
+    pub(crate) fn insert(&mut self, key: &'a str, value: Text<'a>) {
+        debug_assert!(self.len < MAX_METADATA, "an event has more than {MAX_METADATA} metadata entries");
+        debug_assert!(self.entries().iter().all(|(k, _)| *k != key), "metadata key `{key}` twice");
+        if let Some(slot) = self.entries.get_mut(self.len) {
+            *slot = (key, value);
+            self.len += 1;
+        }
+    }
+
+    fn entries(&self) -> &[(&'a str, Text<'a>)] {
+        self.entries.get(..self.len).unwrap_or_default()
+    }
+
+    fn sort(&mut self) {
+        if let Some(entries) = self.entries.get_mut(..self.len) {
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        }
+    }
+}
+
+/// An `AuditEvent` (aesp.v1, `audit.proto`) as borrowed parts.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct EventView<'a> {
+    pub(crate) event_id: &'a str,
+    pub(crate) timestamp_ms: u64,
+    pub(crate) event_type: &'a str,
+    pub(crate) principal_id: &'a str,
+    pub(crate) tenant_id: &'a str,
+    pub(crate) session_id: &'a str,
+    pub(crate) resource: Text<'a>,
+    pub(crate) action: &'a str,
+    pub(crate) outcome: &'a str,
+    pub(crate) source_ip: &'a str,
+    pub(crate) user_agent: &'a str,
+    pub(crate) metadata: Metadata<'a>,
+    pub(crate) risk_score: Text<'a>,
+    /// At most one violation (the pipeline's events record one error code).
+    pub(crate) policy_violation: Option<&'a str>,
+}
+
+/// The encoded length of a length-delimited field of `len` bytes.
+fn delimited_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// The encoded length of a proto3 string field of `len` bytes (left out when empty).
+fn string_len(tag: u32, len: usize) -> usize {
+    if len == 0 { 0 } else { delimited_len(tag, len) }
+}
+
+fn write_header(tag: u32, len: usize, buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(len as u64, buf);
+}
+
+fn write_str(tag: u32, text: &str, buf: &mut Vec<u8>) {
+    if !text.is_empty() {
+        write_header(tag, text.len(), buf);
+        buf.extend_from_slice(text.as_bytes());
+    }
+}
+
+fn write_text(tag: u32, text: &Text<'_>, len: usize, buf: &mut Vec<u8>) {
+    if len > 0 {
+        write_header(tag, len, buf);
+        text.write(len, buf);
+    }
+}
+
+/// The length of a map entry message (key 1, value 2; each left out when empty, as prost does).
+fn entry_len(key: &str, value_len: usize) -> usize {
+    string_len(1, key.len()) + string_len(2, value_len)
+}
+
+impl EventView<'_> {
+    /// The canonical protobuf encoding: the bytes `AuditEvent::encode_to_vec` gives.
+    pub(crate) fn encode(mut self) -> Bytes {
+        self.metadata.sort();
+        let mut value_lens = [0usize; MAX_METADATA];
+        for (len, (_, value)) in value_lens.iter_mut().zip(self.metadata.entries()) {
+            *len = value.len();
+        }
+        let resource_len = self.resource.len();
+        let risk_len = self.risk_score.len();
+        let strings = [
+            (1, self.event_id),
+            (3, self.event_type),
+            (4, self.principal_id),
+            (5, self.tenant_id),
+            (6, self.session_id),
+            (8, self.action),
+            (9, self.outcome),
+            (10, self.source_ip),
+            (11, self.user_agent),
+        ];
+        let mut total: usize = strings.iter().map(|(tag, s)| string_len(*tag, s.len())).sum();
+        if self.timestamp_ms != 0 {
+            total += key_len(2) + encoded_len_varint(self.timestamp_ms);
+        }
+        total += string_len(7, resource_len) + string_len(13, risk_len);
+        for ((key, _), value_len) in self.metadata.entries().iter().zip(value_lens) {
+            total += delimited_len(12, entry_len(key, value_len));
+        }
+        if let Some(violation) = self.policy_violation {
+            total += delimited_len(14, violation.len());
+        }
+
+        let mut buf = Vec::with_capacity(total);
+        write_str(1, self.event_id, &mut buf);
+        if self.timestamp_ms != 0 {
+            encode_key(2, WireType::Varint, &mut buf);
+            encode_varint(self.timestamp_ms, &mut buf);
+        }
+        write_str(3, self.event_type, &mut buf);
+        write_str(4, self.principal_id, &mut buf);
+        write_str(5, self.tenant_id, &mut buf);
+        write_str(6, self.session_id, &mut buf);
+        write_text(7, &self.resource, resource_len, &mut buf);
+        write_str(8, self.action, &mut buf);
+        write_str(9, self.outcome, &mut buf);
+        write_str(10, self.source_ip, &mut buf);
+        write_str(11, self.user_agent, &mut buf);
+        for ((key, value), value_len) in self.metadata.entries().iter().zip(value_lens) {
+            write_header(12, entry_len(key, value_len), &mut buf);
+            write_str(1, key, &mut buf);
+            write_text(2, value, value_len, &mut buf);
+        }
+        write_text(13, &self.risk_score, risk_len, &mut buf);
+        if let Some(violation) = self.policy_violation {
+            // A repeated string: every element is written, even an empty one.
+            write_header(14, violation.len(), &mut buf);
+            buf.extend_from_slice(violation.as_bytes());
+        }
+        debug_assert_eq!(buf.len(), total, "a rendered text changed between measuring and writing");
+        Bytes::from(buf)
+    }
+
+    /// The same event as a message (tests compare the encodings).
+    #[cfg(test)]
+    pub(crate) fn as_event(&self) -> aesp_core::proto::v1::AuditEvent {
+        aesp_core::proto::v1::AuditEvent {
+            event_id: self.event_id.to_owned(),
+            timestamp_ms: self.timestamp_ms,
+            event_type: self.event_type.to_owned(),
+            principal_id: self.principal_id.to_owned(),
+            tenant_id: self.tenant_id.to_owned(),
+            session_id: self.session_id.to_owned(),
+            resource: self.resource.render(),
+            action: self.action.to_owned(),
+            outcome: self.outcome.to_owned(),
+            source_ip: self.source_ip.to_owned(),
+            user_agent: self.user_agent.to_owned(),
+            metadata: self.metadata.entries().iter().map(|(k, v)| ((*k).to_owned(), v.render())).collect(),
+            risk_score: self.risk_score.render(),
+            policy_violations: self.policy_violation.iter().map(|v| (*v).to_owned()).collect(),
+        }
+    }
+}
+
+/// The matched policies of a decision as `id@version:Effect`, comma-separated.
+pub(crate) struct Matched<'a>(pub(crate) &'a [PolicyMatch]);
+
+impl fmt::Display for Matched<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, m) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{}@{}:{:?}", m.policy_id(), m.version(), m.effect())?;
+        }
+        Ok(())
+    }
+}
+
+/// A risk score with three decimals.
+pub(crate) struct Risk(pub(crate) f64);
+
+impl fmt::Display for Risk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.3}", self.0)
+    }
+}
+
+/// A value's `Debug` as its `Display`.
+pub(crate) struct AsDebug<'a, T: fmt::Debug>(pub(crate) &'a T);
+
+impl<T: fmt::Debug> fmt::Display for AsDebug<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    fn assert_same(view: EventView<'_>) {
+        let expected = view.as_event().encode_to_vec();
+        assert_eq!(view.encode().as_ref(), expected.as_slice(), "{:?}", view.as_event());
+    }
+
+    #[test]
+    fn encodes_as_prost_does() {
+        assert_same(EventView::default());
+        let number = 1_234_567_u64;
+        let risk = Risk(0.25);
+        let input = vec![7u8; 1000];
+        let long = "x".repeat(300);
+        let mut metadata = Metadata::default();
+        for (key, value) in [
+            ("zeta", Text::Str("last")),
+            ("empty", Text::Str("")),
+            ("number", Text::Display(&number)),
+            ("decision_input", Text::Base64(&input)),
+            ("a", Text::Concat("tool:", "sql.query")),
+            ("long", Text::Str(&long)),
+            ("", Text::Str("no key")),
+        ] {
+            metadata.insert(key, value);
+        }
+        assert_same(EventView {
+            event_id: "0190c4a2-0000-7000-8000-000000000000",
+            timestamp_ms: 1_700_000_000_000,
+            event_type: "TOOL_INVOCATION_START",
+            principal_id: "alice",
+            tenant_id: "acme",
+            session_id: "",
+            resource: Text::Concat("tool:", "sql.query"),
+            action: "invoke",
+            outcome: "SUCCESS",
+            source_ip: "10.1.2.3",
+            user_agent: "",
+            metadata,
+            risk_score: Text::Display(&risk),
+            policy_violation: Some(""),
+        });
+        let mut full = Metadata::default();
+        let keys: Vec<String> = (0..MAX_METADATA).rev().map(|i| format!("k{i:02}")).collect();
+        for key in &keys {
+            full.insert(key, Text::Str(key));
+        }
+        assert_same(EventView {
+            event_type: "X",
+            metadata: full,
+            policy_violation: Some("POLICY_VIOLATION"),
+            ..EventView::default()
+        });
+    }
+}
