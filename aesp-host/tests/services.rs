@@ -763,3 +763,33 @@ async fn bootstrap_creates_the_first_administrator_once_and_tenants_get_the_defa
     assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
     assert!(host.audit_verifier_key().starts_with("aesp.local/audit-key+"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_host_events_and_suspended_tenants_are_refused() {
+    let f = Fixture::new().await;
+    let s = f.host.services();
+    let admin = caller("acme", "ada", &["tenant-admin"]);
+    let forged = AuditEvent { event_type: "TOOL_INVOCATION_START".into(), ..Default::default() };
+    let response = s.log_event(&admin, LogEventRequest { event: Some(forged), immediate_flush: false }).await;
+    assert_eq!(error_of!(response, log_event_response).unwrap().code, "INVALID_ARGUMENT");
+    let custom = AuditEvent { event_type: "DEPLOYMENT_FINISHED".into(), ..Default::default() };
+    let response = s.log_event(&admin, LogEventRequest { event: Some(custom), immediate_flush: true }).await;
+    let Some(log_event_response::ResponseType::Success(logged)) = response.response_type else { panic!() };
+    let events = f.events().await;
+    let stored = &events[usize::try_from(logged.log_index).unwrap()];
+    assert_eq!(
+        (stored.tenant_id.as_str(), stored.metadata.get("logged_by").map(String::as_str)),
+        ("acme", Some("ada"))
+    );
+
+    let suspended = s
+        .suspend_tenant(&f.root, SuspendTenantRequest { tenant_id: "acme".into(), reason: "audit".into() })
+        .await;
+    assert!(error_of!(suspended, suspend_tenant_response).is_none(), "{suspended:?}");
+    let read = s.query_events(&admin, QueryEventsRequest::default()).await;
+    assert_eq!(error_of!(read, query_events_response).unwrap().code, "TENANT_SUSPENDED");
+    // The platform administrator still reads the tenant's log.
+    let read =
+        s.query_events(&f.root, QueryEventsRequest { tenant_id: "acme".into(), ..Default::default() }).await;
+    assert!(error_of!(read, query_events_response).is_none());
+}

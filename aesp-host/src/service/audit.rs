@@ -24,6 +24,22 @@ use prost::Message as _;
 use super::{Services, catalogue::Rpc, respond};
 use crate::{Caller, Host, SYSTEM_TENANT};
 
+/// Event types the Host writes itself: LogEvent refuses them, so that no caller can forge a
+/// decision, an authentication or a pruning in the log.
+const RESERVED_EVENT_PREFIXES: [&str; 11] = [
+    "TOOL_INVOCATION_",
+    "AUTHORIZATION_",
+    "AUTHENTICATION_",
+    "AUDIT_",
+    "IDENTITY_",
+    "POLICY_",
+    "TENANT_",
+    "SESSION_",
+    "RUNTIME_",
+    "GOVERNANCE_",
+    "TOKEN_",
+];
+
 /// The most principals `GetAuditStatistics` counts when the request names no number.
 const DEFAULT_TOP_PRINCIPALS: usize = 10;
 const MILLIS_PER_DAY: u64 = 86_400_000;
@@ -72,7 +88,9 @@ fn prune_result(tenant: &str, report: &PruneReport) -> PruneResult {
 impl Services {
     /// LogEvent: appends an event of the caller's tenant, durably. The Host fills `event_id`
     /// and `timestamp_ms` when empty, sets the tenant from the context when empty, refuses
-    /// another tenant's, and records who logged it in `metadata.logged_by`.
+    /// another tenant's and the event types the Host writes itself (decisions,
+    /// authentications, identity, policy, tenant, session, runtime, governance and audit
+    /// events), and records who logged it in `metadata.logged_by`.
     pub async fn log_event(&self, caller: &Caller, request: LogEventRequest) -> LogEventResponse {
         let result: Result<_> = async {
             let mut event = request.event.ok_or_else(|| Error::invalid_argument("`event` is required"))?;
@@ -86,6 +104,12 @@ impl Services {
             }
             if event.event_type.is_empty() {
                 return Err(Error::invalid_argument("`event.event_type` is required"));
+            }
+            if let Some(prefix) = RESERVED_EVENT_PREFIXES.iter().find(|p| event.event_type.starts_with(**p)) {
+                return Err(Error::invalid_argument(format!(
+                    "event types starting with `{prefix}` are written by the Host only"
+                ))
+                .with_detail("field", "event.event_type"));
             }
             event.tenant_id = tenant;
             event.metadata.insert("logged_by".into(), caller.principal_id().to_owned());
@@ -314,6 +338,13 @@ impl Host {
                 format!("audit entry {log_index} records no policy decision"),
             )
         };
+        // Only the Host's own decision events (LogEvent can never write these types).
+        let host_decision =
+            matches!(event.event_type.as_str(), "TOOL_INVOCATION_START" | "AUTHORIZATION_DENIED")
+                && !event.metadata.contains_key("logged_by");
+        if !host_decision {
+            return Err(not_a_decision());
+        }
         let digest = event.metadata.get("snapshot_digest").ok_or_else(not_a_decision)?.clone();
         let recorded_allowed = event.metadata.get("decision").ok_or_else(not_a_decision)? == "ALLOW";
         let recorded_reason = event.metadata.get("decision_reason").cloned().unwrap_or_default();

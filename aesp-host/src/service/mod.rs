@@ -47,6 +47,10 @@ impl Host {
         } else {
             return Err(self.cross_tenant_refusal(caller, &format!("tenant:{requested}")).await);
         };
+        // A suspended tenant's principals are refused everything (audited).
+        if entry.scope != Scope::Public && !caller.is_platform() {
+            self.active_tenant(caller).await?;
+        }
         let resource = format!("rpc:{}", rpc.path());
         match entry.scope {
             Scope::Public => {}
