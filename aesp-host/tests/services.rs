@@ -793,3 +793,43 @@ async fn forged_host_events_and_suspended_tenants_are_refused() {
         s.query_events(&f.root, QueryEventsRequest { tenant_id: "acme".into(), ..Default::default() }).await;
     assert!(error_of!(read, query_events_response).is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_action_answers_from_rbac_and_policies_and_is_audited() {
+    let f = Fixture::new().await;
+    let s = f.host.services();
+    let admin = caller("acme", "ada", &["tenant-admin"]);
+    let ask = |principal: &str, action: &str| AuthorizeActionRequest {
+        principal_id: principal.into(),
+        resource: "tool:sql.query".into(),
+        action: action.into(),
+        // The tool's parameters, as the policies see them (`no-drop` reads `query`).
+        context: [("query".to_owned(), Value::string("SELECT 1"))].into(),
+        ..Default::default()
+    };
+    // Roles come from RBAC assignments (a caller's asserted roles are its own business).
+    let assigned = s
+        .assign_role(
+            &admin,
+            AssignRoleRequest {
+                principal_id: "alice".into(),
+                role_id: "analyst".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(error_of!(assigned, assign_role_response).is_none(), "{assigned:?}");
+    for (principal, action, allowed) in
+        [("alice", "invoke", true), ("alice", "delete", false), ("bob", "invoke", false)]
+    {
+        let response = s.authorize_action(&admin, ask(principal, action)).await;
+        let Some(authorize_action_response::ResponseType::Success(answer)) = response.response_type else {
+            panic!("{response:?}")
+        };
+        assert_eq!(answer.authorized, allowed, "{principal} {action}: {answer:?}");
+        let last = f.events().await.pop().unwrap();
+        let expected = if allowed { "AUTHORIZATION_SUCCESS" } else { "AUTHORIZATION_DENIED" };
+        assert_eq!(last.event_type, expected);
+        assert_eq!(last.metadata.get("subject").map(String::as_str), Some(principal));
+    }
+}

@@ -20,7 +20,8 @@ use crate::Caller;
 
 impl Services {
     /// AuthorizeAction: the engine's decision for a principal of the tenant on a resource and
-    /// action (contract-free: RBAC and the tenant's policies), without acting. A denial is a
+    /// action (contract-free: RBAC and the tenant's policies), without acting; audited as
+    /// `AUTHORIZATION_SUCCESS` or `AUTHORIZATION_DENIED` (with `evaluation_only`). A denial is a
     /// successful answer with `authorized` false.
     pub async fn authorize_action(
         &self,
@@ -53,6 +54,23 @@ impl Services {
                 ..Request::default()
             };
             let decision = lifecycle.engine().decide_with(&snapshot, &policy_request);
+            let (event_type, outcome) = if decision.allowed() {
+                ("AUTHORIZATION_SUCCESS", "SUCCESS")
+            } else {
+                ("AUTHORIZATION_DENIED", "DENIED")
+            };
+            let mut event = self.host.event(
+                event_type,
+                Some(caller),
+                &policy_request.resource.name,
+                &policy_request.action,
+                outcome,
+            );
+            event.metadata.insert("subject".into(), policy_request.principal.id.clone());
+            event.metadata.insert("decision_reason".into(), decision.reason().to_owned());
+            event.metadata.insert("snapshot_digest".into(), snapshot.digest_hex());
+            event.metadata.insert("evaluation_only".into(), "true".into());
+            self.host.record(&event).await?;
             Ok(AuthorizeActionResult {
                 authorized: decision.allowed(),
                 decision_reason: decision.reason().to_owned(),
