@@ -25,6 +25,8 @@ pub(crate) enum Text<'a> {
     Display(&'a dyn fmt::Display),
     /// Standard base64 (with padding) of bytes.
     Base64(&'a [u8]),
+    /// Lowercase hexadecimal of bytes (a digest).
+    Hex(&'a [u8]),
 }
 
 impl Default for Text<'_> {
@@ -65,6 +67,7 @@ impl Text<'_> {
                 counter.0
             }
             Text::Base64(bytes) => base64::encoded_len(bytes.len(), true).unwrap_or(0),
+            Text::Hex(bytes) => bytes.len() * 2,
         }
     }
 
@@ -77,6 +80,13 @@ impl Text<'_> {
             }
             Text::Display(d) => {
                 let _ = write!(Append(buf), "{d}");
+            }
+            Text::Hex(bytes) => {
+                for byte in *bytes {
+                    for nibble in [byte >> 4, byte & 0x0f] {
+                        buf.push(if nibble < 10 { b'0' + nibble } else { b'a' + nibble - 10 });
+                    }
+                }
             }
             Text::Base64(bytes) => {
                 let start = buf.len();
@@ -325,6 +335,7 @@ mod tests {
             ("empty", Text::Str("")),
             ("number", Text::Display(&number)),
             ("decision_input", Text::Base64(&input)),
+            ("digest", Text::Hex(&[0x00, 0x9f, 0xa0, 0xff])),
             ("a", Text::Concat("tool:", "sql.query")),
             ("long", Text::Str(&long)),
             ("", Text::Str("no key")),
@@ -347,6 +358,7 @@ mod tests {
             risk_score: Text::Display(&risk),
             policy_violation: Some(""),
         });
+        assert_eq!(Text::Hex(&[0x00, 0x9f, 0xa0, 0xff]).render(), "009fa0ff");
         let mut full = Metadata::default();
         let keys: Vec<String> = (0..MAX_METADATA).rev().map(|i| format!("k{i:02}")).collect();
         for key in &keys {

@@ -40,6 +40,9 @@ const TOOL_PREFIX: &str = "tool:";
 thread_local! {
     /// The buffer a decision input is encoded into before its base64 goes into an event.
     static INPUT_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The last policy request built on this thread, whose buffers the next one reuses: a
+    /// call takes it, overwrites every field in place, and gives it back once it is encoded.
+    static REQUEST: RefCell<Request> = RefCell::new(Request::default());
 }
 
 /// Everything an admitted call holds until it completes.
@@ -56,8 +59,8 @@ struct Ready {
     contract: Arc<CompiledContract>,
     /// The encoded START event.
     start: Bytes,
-    /// What COMPLETE repeats of START's decision.
-    snapshot_digest: String,
+    /// What COMPLETE repeats of START's decision: the snapshot's digest.
+    snapshot_digest: [u8; 32],
     risk_score: f64,
     deadline: Duration,
     held: InFlight,
@@ -70,7 +73,8 @@ struct Checked {
     canary: Option<VersionRef>,
     decision: Decision,
     snapshot: Snapshot,
-    input: DecisionInput,
+    /// The request decided (its input is encoded from it).
+    request: Request,
     deadline: Duration,
     held: InFlight,
 }
@@ -92,12 +96,12 @@ struct Described<'a> {
     decision: &'a Decision,
     snapshot_version: u64,
     matched: Matched<'a>,
-    digest: &'a str,
+    digest: Text<'a>,
     input: &'a [u8],
 }
 
 impl<'a> Described<'a> {
-    fn new(decision: &'a Decision, snapshot: &Snapshot, digest: &'a str, input: &'a [u8]) -> Self {
+    fn new(decision: &'a Decision, snapshot: &Snapshot, digest: Text<'a>, input: &'a [u8]) -> Self {
         Self {
             decision,
             snapshot_version: snapshot.version(),
@@ -108,7 +112,7 @@ impl<'a> Described<'a> {
     }
 
     fn add_to(&'a self, metadata: &mut Metadata<'a>) {
-        metadata.insert("snapshot_digest", Text::Str(self.digest));
+        metadata.insert("snapshot_digest", self.digest);
         metadata.insert("snapshot_version", Text::Display(&self.snapshot_version));
         metadata.insert("decision", Text::Str(if self.decision.allowed() { "ALLOW" } else { "DENY" }));
         metadata.insert("decision_reason", Text::Str(self.decision.reason()));
@@ -251,12 +255,14 @@ impl Host {
             Ok(checked) => checked,
             Err((error, decision)) => return Err(self.refuse(caller, call, error, decision).await),
         };
-        let Checked { contract, request_id, canary, decision, snapshot, mut input, deadline, held } = checked;
+        let Checked { contract, request_id, canary, decision, snapshot, mut request, deadline, held } =
+            checked;
         contract.version_text().clone_into(&mut call.contract_version);
         let canary = canary.as_ref().map(AsDebug);
+        let digest = snapshot.digest();
         let start = INPUT_BUFFER.with_borrow_mut(|buf| {
             buf.clear();
-            input.encode_raw(buf);
+            aesp_policy::encode_input(&request, &snapshot, buf);
             let start = self.start_event(
                 caller,
                 &call,
@@ -266,19 +272,20 @@ impl Host {
                 canary.as_ref(),
                 &decision,
                 &snapshot,
-                &input,
+                &digest,
                 buf,
             );
             shrink(buf);
             start
         });
         // The validated parameters (with defaults applied) are what the runtime gets.
-        call.parameters = std::mem::take(&mut input.params);
+        call.parameters = std::mem::take(&mut request.params);
+        REQUEST.with_borrow_mut(|kept| *kept = request);
         Ok(Ready {
             call,
             contract,
             start,
-            snapshot_digest: std::mem::take(&mut input.snapshot_digest),
+            snapshot_digest: digest,
             risk_score: decision.risk_score(),
             deadline,
             held,
@@ -297,11 +304,11 @@ impl Host {
         canary: Option<&AsDebug<'_, VersionRef>>,
         decision: &Decision,
         snapshot: &Snapshot,
-        decision_input: &DecisionInput,
+        digest: &[u8; 32],
         input: &[u8],
     ) -> Bytes {
         {
-            let described = Described::new(decision, snapshot, &decision_input.snapshot_digest, input);
+            let described = Described::new(decision, snapshot, Text::Hex(digest), input);
             let mut metadata = Metadata::default();
             if let Some(canary) = canary {
                 metadata.insert("canary", Text::Display(canary));
@@ -369,7 +376,7 @@ impl Host {
         {
             let described = decision.map(|(decision, decision_input, snapshot)| {
                 (
-                    Described::new(decision, snapshot, &decision_input.snapshot_digest, input),
+                    Described::new(decision, snapshot, Text::Str(&decision_input.snapshot_digest), input),
                     Risk(decision.risk_score()),
                 )
             });
@@ -419,12 +426,25 @@ impl Host {
         // The Host assigns the request id that chooses canaries (never the caller), and uses it
         // as the id of the START event.
         let request_id = fast_id(self.clock().as_ref());
-        let request =
-            policy_request(caller, &tenant, &contract, &session, params, self.clock().now_ms(), call);
+        let mut request = REQUEST.with_borrow_mut(std::mem::take);
+        fill_request(&mut request, caller, &tenant, &contract, &session, params, self.clock().now_ms(), call);
+        #[cfg(debug_assertions)]
+        {
+            let fresh = policy_request(
+                caller,
+                &tenant,
+                &contract,
+                &session,
+                request.params.clone(),
+                request.time_ms,
+                call,
+            );
+            debug_assert_eq!(request, fresh, "a request filled in place differs from one built afresh");
+        }
         let outcome = inner.lifecycle.decide(&request, request_id.as_str());
         let (decision, snapshot) = (outcome.decision, outcome.snapshot);
-        let input = aesp_policy::to_input(request, &snapshot);
         if !decision.allowed() {
+            let input = aesp_policy::to_input(request, &snapshot);
             let error = decision
                 .to_error()
                 .unwrap_or_else(|| Error::new(ErrorCode::AuthorizationDenied, decision.reason()));
@@ -446,7 +466,7 @@ impl Host {
             canary: outcome.canary,
             decision,
             snapshot,
-            input,
+            request,
             deadline,
             held: InFlight { _admitted: admitted, active, _slot: slot, permit },
         })
@@ -554,7 +574,7 @@ impl Host {
         metadata.insert("correlation_id", Text::Str(&ids.correlation_id));
         metadata.insert("contract_version", Text::Str(ready.contract.version_text()));
         metadata.insert("runtime_id", Text::Str(ready.held.permit.runtime().id()));
-        metadata.insert("snapshot_digest", Text::Str(&ready.snapshot_digest));
+        metadata.insert("snapshot_digest", Text::Hex(&ready.snapshot_digest));
         metadata.insert("execution_time_ms", Text::Display(&execution_time_ms));
         if chunks > 0 {
             metadata.insert("chunks", Text::Display(&chunks));
@@ -600,6 +620,68 @@ fn strings_to_values(map: &BTreeMap<String, String>) -> BTreeMap<String, Value> 
     map.iter().map(|(k, v)| (k.clone(), Value::string(v.clone()))).collect()
 }
 
+/// Makes `target` [`strings_to_values`] of `source`, in place when the keys are the same.
+fn assign_strings_as_values(target: &mut BTreeMap<String, Value>, source: &BTreeMap<String, String>) {
+    let same_keys = target.len() == source.len() && target.keys().eq(source.keys());
+    if !same_keys {
+        *target = strings_to_values(source);
+        return;
+    }
+    for (value, text) in target.values_mut().zip(source.values()) {
+        match &mut value.kind {
+            Some(aesp_core::proto::v1::value::Kind::StringValue(s)) => s.clone_from(text),
+            _ => *value = Value::string(text.clone()),
+        }
+    }
+}
+
+/// Overwrites every field of `request` in place with what [`policy_request`] builds, reusing
+/// the buffers it holds.
+#[expect(clippy::too_many_arguments, reason = "the parts of one request, borrowed from where they live")]
+fn fill_request(
+    request: &mut Request,
+    caller: &Caller,
+    tenant: &Tenant,
+    contract: &CompiledContract,
+    session: &SessionEntry,
+    params: BTreeMap<String, Value>,
+    now_ms: u64,
+    call: &ToolCall,
+) {
+    // Destructured so that a field added to `Request` cannot be left unset here.
+    let Request {
+        tenant_id,
+        principal,
+        resource,
+        action,
+        session: own_session,
+        time_ms,
+        source_ip,
+        params: own_params,
+        estimated_cost,
+        tenant_attributes,
+        break_glass,
+    } = request;
+    tenant_id.clear();
+    tenant_id.push_str(caller.tenant_id());
+    principal.assign_security_context(caller.context(), caller.attributes());
+    resource.assign_contract(caller.tenant_id(), contract.contract());
+    action.clear();
+    action.push_str(INVOKE_ACTION);
+    own_session.assign(session.id(), &session.session().metadata);
+    *time_ms = now_ms;
+    source_ip.clear();
+    source_ip.push_str(caller.source_ip());
+    *own_params = params;
+    *estimated_cost = 0.0;
+    assign_strings_as_values(tenant_attributes, &tenant.attributes);
+    match (call.metadata.get("break_glass_justification"), break_glass.as_mut()) {
+        (Some(justification), Some(kept)) => kept.clone_from(justification),
+        (justification, _) => *break_glass = justification.cloned(),
+    }
+}
+
+#[cfg(debug_assertions)]
 fn policy_request(
     caller: &Caller,
     tenant: &Tenant,

@@ -264,8 +264,9 @@ impl Engine {
         let granted_by = granting(&resource_name, &action_name);
         let roles_val =
             if principal.roles.is_empty() { rbac.and_then(|r| r.roles_val(&principal.id)) } else { None };
-        let facts = Facts { request, roles, roles_val, rbac, schema: &snapshot.schema };
-        let mut allows: Vec<&CompiledPolicy> = Vec::new();
+        let facts = Facts::new(request, roles, roles_val, rbac, &snapshot.schema);
+        // The first matching ALLOW is all the outcome needs of them.
+        let mut first_allow: Option<&CompiledPolicy> = None;
         let mut denies: Vec<&CompiledPolicy> = Vec::new();
         let mut failure: Option<(&CompiledPolicy, String)> = None;
         let mut conditions: Vec<String> = Vec::new();
@@ -285,7 +286,9 @@ impl Engine {
                     }
                     conditions.extend(policy.obligations().iter().cloned());
                     match policy.effect() {
-                        Effect::Allow => allows.push(policy),
+                        Effect::Allow => {
+                            first_allow.get_or_insert(policy);
+                        }
                         Effect::Deny => denies.push(policy),
                         Effect::Audit => {}
                     }
@@ -313,7 +316,7 @@ impl Engine {
                 ),
             );
         }
-        let granted = granted_by.is_some() || !allows.is_empty();
+        let granted = granted_by.is_some() || first_allow.is_some();
         if !denies.is_empty() {
             let ids = denies.iter().map(|p| format!("`{}`", p.id())).collect::<Vec<_>>().join(", ");
             let Some(justification) = &request.break_glass else {
@@ -352,7 +355,7 @@ impl Engine {
             );
             return decision;
         }
-        match (granted_by, allows.first()) {
+        match (granted_by, first_allow) {
             (Some(permission), _) => {
                 decision.allowed = true;
                 let mut reason = String::with_capacity(24 + permission.len());
@@ -479,5 +482,56 @@ mod tests {
     #[test]
     fn the_environment_declares_without_clashes() {
         assert!(build_env().is_ok());
+    }
+
+    /// Folded `ip(...)` and `cidr(...)` constants decide as the calls did; a literal that does
+    /// not parse still fails the evaluation (closed).
+    #[test]
+    fn folded_network_constants_keep_their_meaning() {
+        use aesp_core::proto::v1::PolicyRule;
+
+        use crate::{Resource, Schema};
+
+        let decide = |condition: &str, source_ip: &str| {
+            let engine = Engine::default();
+            let mut builder = SnapshotBuilder::new(1, Schema::new());
+            builder
+                .add_policy(
+                    "acme",
+                    PolicyDefinition {
+                        policy_id: "net".into(),
+                        version: "1".into(),
+                        enabled: true,
+                        applies_to: vec!["tool:**".into()],
+                        rule: Some(PolicyRule {
+                            condition: condition.into(),
+                            effect: "ALLOW".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            engine.install(engine.build(&builder).unwrap());
+            engine.decide(&Request {
+                tenant_id: "acme".into(),
+                principal: Principal { id: "alice".into(), tenant_id: "acme".into(), ..Default::default() },
+                resource: Resource { name: "tool:x".into(), ..Default::default() },
+                action: "invoke".into(),
+                source_ip: source_ip.into(),
+                ..Default::default()
+            })
+        };
+        let inside = "cidr('10.0.0.0/8').containsIP(request.source_ip) && \
+                      [ip('10.1.2.3')].exists(a, a == ip(request.source_ip)) && \
+                      cidr('10.0.0.0/8') == cidr('10.0.0.0/8') && !cidr('192.168.0.0/16').containsIP(ip('10.1.2.3'))";
+        assert!(decide(inside, "10.1.2.3").allowed());
+        assert!(!decide(inside, "10.1.2.4").allowed());
+        assert!(!decide(inside, "192.168.1.1").allowed());
+        let broken = decide("cidr('10.0.0.0/99').containsIP(request.source_ip)", "10.1.2.3");
+        assert!(!broken.allowed());
+        assert_eq!(broken.code(), Some(ErrorCode::PolicyEvaluationFailed), "{}", broken.reason());
+        let broken = decide("ip('not an address') == ip(request.source_ip)", "10.1.2.3");
+        assert_eq!(broken.code(), Some(ErrorCode::PolicyEvaluationFailed), "{}", broken.reason());
     }
 }

@@ -103,8 +103,8 @@ pub use lifecycle::{
     Audited, Caller, CandidateKind, CaseFailure, Change, DECISION_INPUT_METADATA, Divergence,
     LifecycleConfig, LifecycleDecision, PolicyLifecycle, PolicyService, PolicyStatus, ReplayOutcome,
     ReplayReport, Stage, StateChange, SuiteReport, TestSuite, VersionCounters, VersionInfo, VersionRef,
-    VersionState, from_input, input_digest_hex, input_from_audit_event, replay, run_suite, run_suite_with,
-    to_input,
+    VersionState, encode_input, from_input, input_digest_hex, input_from_audit_event, replay, run_suite,
+    run_suite_with, to_input,
 };
 pub use policy::{Effect, OBLIGATION_PREFIX, RISK_SCORE_PARAMETER};
 pub use request::{Principal, Request, Resource, Session};

@@ -10,6 +10,10 @@
 //! - `<`, `<=`, `>` and `>=` become internal functions that compare with the same
 //!   [`Comparer`](cel::common::traits::Comparer) the operators use, without the error the
 //!   interpreter builds for each comparison before it compares.
+//!
+//! Separately, [`fold_constants`] turns `ip('...')` and `cidr('...')` of a literal into a
+//! constant the policy keeps, so a condition does not parse the same address on every
+//! evaluation.
 
 use std::cmp::Ordering;
 
@@ -22,7 +26,67 @@ use cel::{
     },
 };
 
-use crate::values::ROOTS;
+use cel::common::value::Val;
+
+use crate::{network, values::ROOTS};
+
+/// The prefix of the identifiers that name a policy's folded constants (`@aesp_const_<n>`,
+/// the index in the policy's constants); `@` is a character no condition can write.
+pub(crate) const CONSTANT_PREFIX: &str = "@aesp_const_";
+
+/// Replaces each call `ip(<string literal>)` or `cidr(<string literal>)` whose literal parses
+/// by an identifier of its value, pushed onto `constants`. A literal that does not parse is
+/// left alone, so that the call fails at evaluation as it would have.
+pub(crate) fn fold_constants(expr: &mut IdedExpr, constants: &mut Vec<Box<dyn Val>>) {
+    if let Expr::Call(call) = &expr.expr
+        && call.target.is_none()
+        && let [IdedExpr { expr: Expr::Literal(LiteralValue::String(text)), .. }] = call.args.as_slice()
+        && let Some(value) = network::constant(&call.func_name, text.inner())
+    {
+        expr.expr = Expr::Ident(format!("{CONSTANT_PREFIX}{}", constants.len()));
+        constants.push(value);
+        return;
+    }
+    match &mut expr.expr {
+        Expr::Select(select) => fold_constants(&mut select.operand, constants),
+        Expr::Call(call) => {
+            if let Some(target) = call.target.as_mut() {
+                fold_constants(target, constants);
+            }
+            for arg in &mut call.args {
+                fold_constants(arg, constants);
+            }
+        }
+        Expr::List(list) => {
+            for element in &mut list.elements {
+                fold_constants(element, constants);
+            }
+        }
+        Expr::Map(map) => {
+            for entry in &mut map.entries {
+                if let EntryExpr::MapEntry(entry) = &mut entry.expr {
+                    fold_constants(&mut entry.key, constants);
+                    fold_constants(&mut entry.value, constants);
+                }
+            }
+        }
+        Expr::Struct(structure) => {
+            for entry in &mut structure.entries {
+                if let EntryExpr::StructField(field) = &mut entry.expr {
+                    fold_constants(&mut field.value, constants);
+                }
+            }
+        }
+        Expr::Comprehension(c) => {
+            for part in
+                [&mut c.iter_range, &mut c.accu_init, &mut c.loop_cond, &mut c.loop_step, &mut c.result]
+            {
+                fold_constants(part, constants);
+            }
+        }
+        Expr::Unspecified | Expr::Literal(_) | Expr::Ident(_) => {}
+    }
+}
 
 /// Each comparison operator and the internal function it becomes.
 const COMPARISONS: [(&str, &str); 4] = [

@@ -43,6 +43,17 @@ fn parse_ip(text: &str) -> Result<IpAddr, String> {
     Ok(addr)
 }
 
+/// The value of `function(text)`, for `ip` or `cidr` of a string that parses; a policy's
+/// constant, computed once when it is compiled. `None` leaves the call to run (and fail) at
+/// evaluation, as it would have.
+pub(crate) fn constant(function: &str, text: &str) -> Option<Box<dyn Val + 'static>> {
+    match function {
+        "ip" => parse_ip(text).ok().map(|ip| Box::new(Ip(ip)) as Box<dyn Val>),
+        "cidr" => parse_cidr(text).ok().map(|cidr| Box::new(cidr) as Box<dyn Val>),
+        _ => None,
+    }
+}
+
 fn parse_cidr(text: &str) -> Result<Cidr, String> {
     if text.contains('%') {
         return Err("CIDR with zone value is not allowed".to_owned());
@@ -260,9 +271,10 @@ fn is_link_local_unicast<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
 
 fn contains_ip<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
     let cidr = *arg::<Cidr>(&args, 0, "containsIP")?;
-    let ip = match arg::<Ip>(&args, 1, "containsIP") {
-        Ok(ip) => ip.0,
-        Err(_) => parse_ip(string_arg(&args, 1, "containsIP")?)
+    // The argument is an `ip` or a string; checked without building an error for a string.
+    let ip = match args.get(1).and_then(|a| a.downcast_ref::<Ip>()) {
+        Some(ip) => ip.0,
+        None => parse_ip(string_arg(&args, 1, "containsIP")?)
             .map_err(|e| ExecutionError::function_error("containsIP", e))?,
     };
     boolean(cidr.contains_ip(ip))
@@ -270,9 +282,9 @@ fn contains_ip<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
 
 fn contains_cidr<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
     let cidr = *arg::<Cidr>(&args, 0, "containsCIDR")?;
-    let other = match arg::<Cidr>(&args, 1, "containsCIDR") {
-        Ok(other) => *other,
-        Err(_) => parse_cidr(string_arg(&args, 1, "containsCIDR")?)
+    let other = match args.get(1).and_then(|a| a.downcast_ref::<Cidr>()) {
+        Some(other) => *other,
+        None => parse_cidr(string_arg(&args, 1, "containsCIDR")?)
             .map_err(|e| ExecutionError::function_error("containsCIDR", e))?,
     };
     boolean(cidr.contains_cidr(other))

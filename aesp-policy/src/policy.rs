@@ -12,7 +12,7 @@ use cel::{
 };
 
 use crate::{
-    lower::lower,
+    lower::{fold_constants, lower},
     pattern::{Name, Pattern},
     schema::Schema,
     validate::{ValidationError, parse_condition},
@@ -84,6 +84,8 @@ pub(crate) struct CompiledPolicy {
     resources: Vec<Pattern>,
     actions: Vec<Pattern>,
     condition: IdedExpr,
+    /// The values of the condition's folded constants ([`fold_constants`]), by index.
+    constants: Vec<Box<dyn Val>>,
     parameters: Box<dyn Val>,
     risk_score: Option<f64>,
     obligations: Vec<String>,
@@ -110,6 +112,11 @@ impl CompiledPolicy {
     }
     pub(crate) fn condition(&self) -> &IdedExpr {
         &self.condition
+    }
+    /// The folded constant named `index` (the digits after
+    /// [`CONSTANT_PREFIX`](crate::lower::CONSTANT_PREFIX)).
+    pub(crate) fn constant(&self, index: &str) -> Option<&dyn Val> {
+        self.constants.get(index.parse::<usize>().ok()?).map(|v| &**v)
     }
     pub(crate) fn parameters_val(&self) -> &dyn Val {
         &*self.parameters
@@ -188,10 +195,12 @@ pub(crate) fn compile(
             }
         }
     }
+    let mut constants = Vec::new();
     let condition = match parse_condition(env, &rule.condition, Some(schema)) {
         Ok(parsed) => {
             let mut expr = parsed.expr;
             lower(&mut expr);
+            fold_constants(&mut expr, &mut constants);
             Some(expr)
         }
         Err(mut found) => {
@@ -216,6 +225,7 @@ pub(crate) fn compile(
                 resources,
                 actions,
                 condition,
+                constants,
                 parameters: Box::new(CelMap::from(map)),
                 risk_score,
                 obligations,

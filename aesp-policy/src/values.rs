@@ -39,6 +39,38 @@ pub(crate) struct Facts<'r> {
     pub(crate) roles_val: Option<&'r dyn Val>,
     pub(crate) rbac: Option<&'r TenantRbac>,
     pub(crate) schema: &'r Schema,
+    /// Scalar fields as CEL values, made once so that every read lends them instead of
+    /// boxing a new value.
+    scalars: Scalars<'r>,
+}
+
+/// The request's scalar fields as CEL values.
+#[derive(Debug)]
+struct Scalars<'r> {
+    action: CelString<'r>,
+    source_ip: CelString<'r>,
+    estimated_cost: CelDouble,
+    user_id: CelString<'r>,
+    tenant_id: CelString<'r>,
+}
+
+impl<'r> Facts<'r> {
+    pub(crate) fn new(
+        request: &'r Request,
+        roles: Cow<'r, [String]>,
+        roles_val: Option<&'r dyn Val>,
+        rbac: Option<&'r TenantRbac>,
+        schema: &'r Schema,
+    ) -> Self {
+        let scalars = Scalars {
+            action: CelString::from(request.action.as_str()),
+            source_ip: CelString::from(request.source_ip.as_str()),
+            estimated_cost: CelDouble::from(request.estimated_cost),
+            user_id: CelString::from(request.principal.id.as_str()),
+            tenant_id: CelString::from(request.tenant_id.as_str()),
+        };
+        Self { request, roles, roles_val, rbac, schema, scalars }
+    }
 }
 
 fn timestamp(ms: u64) -> chrono::DateTime<chrono::FixedOffset> {
@@ -232,9 +264,9 @@ impl<'r> RequestView<'r> {
             "resource" => CowVal::owned(ResourceView(facts)),
             "tenant" => CowVal::owned(TenantView(facts)),
             "session" => CowVal::owned(SessionView(facts)),
-            "action" => string(&request.action),
+            "action" => CowVal::Borrowed(&facts.scalars.action),
             "time" => CowVal::owned(CelTimestamp::from(timestamp(request.time_ms))),
-            "source_ip" => string(&request.source_ip),
+            "source_ip" => CowVal::Borrowed(&facts.scalars.source_ip),
             "params" => {
                 let map: HashMap<CelMapKey<'r>, Box<dyn Val + 'r>> = request
                     .params
@@ -243,7 +275,7 @@ impl<'r> RequestView<'r> {
                     .collect();
                 CowVal::owned(CelMap::from(map))
             }
-            "estimated_cost" => CowVal::owned(CelDouble::from(request.estimated_cost)),
+            "estimated_cost" => CowVal::Borrowed(&facts.scalars.estimated_cost),
             other => return no_such_key(other),
         })
     }
@@ -255,7 +287,7 @@ impl<'r> UserView<'r> {
         let facts = self.0;
         let principal = &facts.request.principal;
         Ok(match name {
-            "id" => string(&principal.id),
+            "id" => CowVal::Borrowed(&facts.scalars.user_id),
             "type" => string(&principal.principal_type),
             "roles" => match facts.roles_val {
                 Some(roles) => CowVal::Borrowed(roles),
@@ -313,7 +345,7 @@ impl<'r> TenantView<'r> {
     pub(crate) fn field(self, name: &str) -> Result<CowVal<'r, 'r>, ExecutionError> {
         let facts = self.0;
         Ok(match name {
-            "id" => string(&facts.request.tenant_id),
+            "id" => CowVal::Borrowed(&facts.scalars.tenant_id),
             other => match facts.request.tenant_attributes.get(other) {
                 Some(value) => CowVal::from(to_val(value, facts.schema.attributes(Owner::Tenant).get(other))),
                 None => return no_such_key(other),
@@ -473,6 +505,9 @@ impl VariableResolver for Variables<'_> {
     /// are compiled with such paths as single identifiers, which spares the interpreter the
     /// qualified-name resolution it does for each selection chain.
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        if let Some(index) = variable.strip_prefix(crate::lower::CONSTANT_PREFIX) {
+            return self.policy.0.constant(index).map(CowVal::Borrowed);
+        }
         let (root, path) = match variable.split_once('.') {
             Some((root, path)) => (root, Some(path)),
             None => (variable, None),
@@ -510,6 +545,11 @@ impl VariableResolver for Variables<'_> {
                     }
                     None => return self.request.field(view).ok(),
                 }
+            }
+            // A field of the request itself, lent where it can be rather than cloned.
+            (true, Some(field)) => {
+                fields.next();
+                self.request.field(field).ok()?
             }
             _ => root,
         };

@@ -28,7 +28,9 @@ use aesp_core::{
 };
 use arc_swap::ArcSwap;
 
-pub use convert::{DECISION_INPUT_METADATA, from_input, input_digest_hex, input_from_audit_event, to_input};
+pub use convert::{
+    DECISION_INPUT_METADATA, encode_input, from_input, input_digest_hex, input_from_audit_event, to_input,
+};
 pub use records::VersionState;
 pub use replay::{ReplayOutcome, ReplayReport, replay};
 pub use rollout::{CandidateKind, Divergence, LifecycleDecision, VersionCounters, VersionRef};
