@@ -14,7 +14,7 @@ use aesp_core::{
     ChunkStream, Error, ErrorCode, Result,
     proto::v1::{DecisionInput, EnterpriseError, Tenant, ToolCall, ToolResult, ToolResultStatus, Value},
 };
-use aesp_policy::{Decision, Principal, Request, Resource, Session, Snapshot, VersionRef};
+use aesp_policy::{Decision, Request, Snapshot, VersionRef};
 use futures_util::StreamExt as _;
 use prost::{Message as _, bytes::Bytes};
 
@@ -691,6 +691,8 @@ fn policy_request(
     now_ms: u64,
     call: &ToolCall,
 ) -> Request {
+    use aesp_policy::{Principal, Resource, Session};
+
     let mut principal = Principal::from_security_context(caller.context());
     principal.attributes = caller.attributes().clone();
     Request {
