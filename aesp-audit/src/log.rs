@@ -262,7 +262,7 @@ async fn follow(
     storage: Arc<dyn LogStorage>,
     index: Arc<AuditIndex>,
     durable: watch::Receiver<u64>,
-    mut batches: mpsc::Receiver<(u64, Vec<Bytes>)>,
+    mut batches: mpsc::Receiver<(u64, Arc<[Bytes]>)>,
 ) {
     let at_open = *durable.borrow();
     // An error here leaves the rest to the next query's catch-up, which reports it.
@@ -281,12 +281,14 @@ impl Committer {
     async fn run(
         self,
         requests: mpsc::UnboundedReceiver<Request>,
-        batches: mpsc::Sender<(u64, Vec<Bytes>)>,
-        index: mpsc::Sender<(u64, Vec<Bytes>)>,
+        batches: mpsc::Sender<(u64, Arc<[Bytes]>)>,
+        index: mpsc::Sender<(u64, Arc<[Bytes]>)>,
         durable: watch::Sender<u64>,
     ) {
         let Self { storage, options } = self;
         commit_loop(storage, options, requests, move |first, all: Vec<Bytes>| {
+            // One copy of the batch, shared by the index and the integrator.
+            let all: Arc<[Bytes]> = all.into();
             let end = first.saturating_add(all.len() as u64);
             durable.send_if_modified(|size| {
                 let grew = end > *size;
@@ -294,7 +296,7 @@ impl Committer {
                 grew
             });
             // Hints: when a channel is full, its reader reads the entries back instead.
-            let _ = index.try_send((first, all.clone()));
+            let _ = index.try_send((first, Arc::clone(&all)));
             let _ = batches.try_send((first, all));
         })
         .await;
@@ -433,7 +435,7 @@ impl Integrator {
 
     async fn run(
         mut self,
-        mut batches: mpsc::Receiver<(u64, Vec<Bytes>)>,
+        mut batches: mpsc::Receiver<(u64, Arc<[Bytes]>)>,
         mut commands: mpsc::Receiver<Command>,
     ) {
         let mut tick = tokio::time::interval(self.options.checkpoint_interval);

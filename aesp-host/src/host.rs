@@ -544,7 +544,7 @@ impl Host {
 
     /// Checks that `caller` may administer `tenant`'s policies or roles with `permission`: a
     /// platform administrator for any tenant, anyone else only in its own tenant.
-    async fn require_in(
+    pub(crate) async fn require_in(
         &self,
         caller: &Caller,
         tenant: &str,

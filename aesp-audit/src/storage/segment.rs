@@ -799,8 +799,8 @@ impl Shared {
         };
         let mut pruned = 0u64;
         for (pos, file, name, frames) in targets {
-            let data = read_all(file.as_ref(), &name)?;
-            let (rewritten, new_frames, count) = self.rewrite_pruned(&name, &data, &frames, request)?;
+            let data = Bytes::from(read_all(file.as_ref(), &name)?);
+            let (rewritten, new_frames, count) = self.rewrite_pruned(&name, data, &frames, request)?;
             if count == 0 {
                 continue;
             }
@@ -837,7 +837,7 @@ impl Shared {
     fn rewrite_pruned(
         &self,
         name: &str,
-        data: &[u8],
+        data: Bytes,
         frames: &[FrameRef],
         request: &PruneRequest<'_>,
     ) -> Result<(Vec<u8>, Vec<FrameRef>, u64)> {
@@ -848,30 +848,27 @@ impl Shared {
         let mut body = Vec::new();
         for f in frames {
             let at = usize::try_from(f.offset).map_err(|_| corrupt(name, f.offset, "offset"))?;
-            let record = data.get(at..).unwrap_or_default();
-            let h = decode_header(record, FRAME_MAGIC, self.options.max_frame_bytes)
-                .map_err(|why| corrupt(name, f.offset, why))?;
-            let body_start = at.saturating_add(RECORD_HEADER);
-            let body_end = body_start.saturating_add(h.body_len as usize);
-            let old = data.get(body_start..body_end).ok_or_else(|| corrupt(name, f.offset, "short frame"))?;
-            if crc32c(old) != h.body_crc || h.key != f.first || h.count != f.count {
-                return Err(corrupt(name, f.offset, "record body checksum mismatch"));
-            }
+            let frame = DecodedFrame::decode(
+                data.slice(at.min(data.len())..),
+                f,
+                self.options.max_frame_bytes,
+                name,
+            )?;
             let offset = out.len() as u64;
             let last = f.first.saturating_add(u64::from(f.count));
             let from = request.indexes.partition_point(|&i| i < f.first);
             if request.indexes.get(from).is_none_or(|&i| i >= last) {
-                out.extend_from_slice(data.get(at..body_end).unwrap_or_default());
+                let end = at.saturating_add(f.len as usize);
+                out.extend_from_slice(
+                    data.get(at..end).ok_or_else(|| corrupt(name, f.offset, "short frame"))?,
+                );
                 new_frames.push(FrameRef { offset, ..f.clone() });
                 continue;
             }
             body.clear();
-            let mut p = body_start;
             let mut targets = request.indexes.get(from..).unwrap_or_default().iter().peekable();
-            for index in f.first..last {
-                let (pruned, entry) = next_entry(data, p, body_end)
-                    .ok_or_else(|| corrupt(name, f.offset, "entry past the frame"))?;
-                let bytes = data.get(entry.clone()).unwrap_or_default();
+            for (index, (pruned, range)) in (f.first..last).zip(&frame.entries) {
+                let bytes = frame.body.get(range.clone()).unwrap_or_default();
                 if targets.next_if_eq(&&index).is_some() && !pruned {
                     let tombstone = Tombstone {
                         leaf_hash: crate::merkle::leaf_hash(bytes),
@@ -882,9 +879,10 @@ impl Shared {
                     encode_tombstone(&mut body, &tombstone)?;
                     count = count.saturating_add(1);
                 } else {
-                    body.extend_from_slice(data.get(p..entry.end).unwrap_or_default());
+                    // The entry as it is: its length field (flag included), then its bytes.
+                    let whole = range.start.saturating_sub(4)..range.end;
+                    body.extend_from_slice(frame.body.get(whole).unwrap_or_default());
                 }
-                p = entry.end;
             }
             encode_record(&mut out, FRAME_MAGIC, f.first, f.count, &body)?;
             let len =

@@ -19,10 +19,10 @@ use aesp_core::{
         prove_decision_response, query_events_response,
     },
 };
-use prost::Message as _;
+use prost::{Message as _, bytes::Bytes};
 
 use super::{Services, catalogue::Rpc, respond};
-use crate::{Caller, Host, SYSTEM_TENANT};
+use crate::{Caller, Host};
 
 /// Event types the Host writes itself: LogEvent refuses them, so that no caller can forge a
 /// decision, an authentication or a pruning in the log.
@@ -307,16 +307,15 @@ impl Services {
     ) -> ProveDecisionResponse {
         let result: Result<_> = async {
             let tenant = self.host.authorize_rpc(caller, Rpc::ProveDecision, "").await?;
+            let (leaf, event) = self.host.audited_event(request.log_index).await?;
             // The tenant first: whether another tenant's entry is a decision is not told.
-            let leaf = self.host.audit_log().entry(request.log_index).await?;
-            let event_tenant = AuditEvent::decode(leaf).map(|e| e.tenant_id).unwrap_or_default();
-            if event_tenant != tenant && tenant != SYSTEM_TENANT {
+            if event.tenant_id != tenant && !caller.is_platform() {
                 return Err(self
                     .host
                     .cross_tenant_refusal(caller, &format!("audit:{}", request.log_index))
                     .await);
             }
-            self.host.prove_decision(request.log_index).await
+            self.host.decision_proof(request.log_index, leaf, event).await
         }
         .await;
         respond!(ProveDecisionResponse, prove_decision_response, result)
@@ -328,10 +327,21 @@ impl Host {
     /// the event against a checkpoint signed now. The event must carry `snapshot_digest` and
     /// `decision_input` (a policy decision of the invocation pipeline).
     pub async fn prove_decision(&self, log_index: u64) -> Result<DecisionProof> {
-        let log = self.audit_log();
-        let leaf = log.entry(log_index).await?;
+        let (leaf, event) = self.audited_event(log_index).await?;
+        self.decision_proof(log_index, leaf, event).await
+    }
+
+    /// The entry at `log_index`: its leaf bytes and the event they encode.
+    async fn audited_event(&self, log_index: u64) -> Result<(Bytes, AuditEvent)> {
+        let leaf = self.audit_log().entry(log_index).await?;
         let event = AuditEvent::decode(leaf.clone())
             .map_err(|e| Error::corrupted(format!("audit entry {log_index} is not an event: {e}")))?;
+        Ok((leaf, event))
+    }
+
+    /// [`Host::prove_decision`] of the entry `log_index`, already read.
+    async fn decision_proof(&self, log_index: u64, leaf: Bytes, event: AuditEvent) -> Result<DecisionProof> {
+        let log = self.audit_log();
         let not_a_decision = || {
             Error::new(
                 ErrorCode::FailedPrecondition,

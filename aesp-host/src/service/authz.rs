@@ -182,10 +182,7 @@ impl crate::Host {
         role_id: &str,
     ) -> Result<()> {
         let resource = format!("role:{role_id}");
-        if !caller.is_platform() {
-            self.same_tenant(caller, tenant, &resource).await?;
-        }
-        self.require(caller, crate::permissions::ROLES_ASSIGN, &resource).await?;
+        self.require_in(caller, tenant, crate::permissions::ROLES_ASSIGN, &resource).await?;
         let mut event = self
             .policy_lifecycle()
             .unassign_role(caller.principal_id(), tenant, principal_id, role_id)

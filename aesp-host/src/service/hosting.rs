@@ -57,10 +57,7 @@ impl Host {
     /// administrator for any tenant, a tenant administrator for its own.
     pub async fn set_tenant_retention(&self, caller: &Caller, tenant_id: &str, days: u32) -> Result<Tenant> {
         let resource = format!("tenant:{tenant_id}");
-        if !caller.is_platform() {
-            self.same_tenant(caller, tenant_id, &resource).await?;
-        }
-        self.require(caller, Rpc::SetTenantRetention.permission(), &resource).await?;
+        self.require_in(caller, tenant_id, Rpc::SetTenantRetention.permission(), &resource).await?;
         let updated = self
             .inner
             .tenants
