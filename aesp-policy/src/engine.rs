@@ -391,7 +391,8 @@ impl Engine {
     }
 
     /// Evaluates one policy's condition; any error, or a result that is not a `bool`, is an
-    /// error (the caller denies: fail closed).
+    /// error (the caller denies: fail closed). The fast evaluator answers where it can; the
+    /// interpreter everywhere else, and always where the condition fails.
     fn evaluate(
         &self,
         snapshot: &SnapshotInner,
@@ -404,9 +405,23 @@ impl Engine {
             organization: OrganizationView(&snapshot.organization),
             clearance: &self.clearance,
         };
+        if let Some(fast) = policy.fast()
+            && let Ok(Some(value)) = catch_unwind(AssertUnwindSafe(|| fast.evaluate(&variables)))
+        {
+            return Ok(value);
+        }
+        self.interpret(policy, &variables)
+    }
+
+    /// Evaluates one policy's condition with the `cel` interpreter.
+    pub(crate) fn interpret(
+        &self,
+        policy: &CompiledPolicy,
+        variables: &Variables<'_>,
+    ) -> Result<bool, String> {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let mut context = Context::with_env(Arc::clone(&self.env));
-            context.set_variable_resolver(&variables);
+            context.set_variable_resolver(variables);
             match CelValue::resolve_val(policy.condition(), &context) {
                 Ok(value) => match value.downcast_ref::<CelBool>() {
                     Some(b) => Ok(*b.inner()),
@@ -416,6 +431,12 @@ impl Engine {
             }
         }));
         outcome.unwrap_or_else(|_| Err("the evaluator failed".to_owned()))
+    }
+
+    /// The engine's CEL environment.
+    #[cfg(test)]
+    pub(crate) fn env(&self) -> &Env {
+        &self.env
     }
 
     /// Evaluates a CEL expression with this engine's evaluator (standard library, network

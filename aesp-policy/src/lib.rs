@@ -82,6 +82,7 @@ mod conformance_tests;
 mod decision;
 mod engine;
 mod error;
+mod fast;
 mod labels;
 mod lifecycle;
 mod lower;

@@ -89,7 +89,7 @@ pub(crate) fn fold_constants(expr: &mut IdedExpr, constants: &mut Vec<Box<dyn Va
 }
 
 /// Each comparison operator and the internal function it becomes.
-const COMPARISONS: [(&str, &str); 4] = [
+pub(crate) const COMPARISONS: [(&str, &str); 4] = [
     (operators::LESS, "@aesp_less"),
     (operators::LESS_EQUALS, "@aesp_less_equals"),
     (operators::GREATER, "@aesp_greater"),
@@ -101,6 +101,24 @@ pub(crate) fn lower(expr: &mut IdedExpr) {
     lower_in(expr, &mut Vec::new());
 }
 
+/// How `lhs` compares to `rhs` for the comparison operator `operator`: the ordering the
+/// internal comparison functions use, with the error they report.
+pub(crate) fn ordering(lhs: &dyn Val, rhs: &dyn Val, operator: &str) -> Result<Ordering, ExecutionError> {
+    let overload = || {
+        ExecutionError::no_such_overload(
+            operator,
+            vec![lhs.get_type().name().to_owned(), rhs.get_type().name().to_owned()],
+        )
+    };
+    lhs.as_comparer().ok_or_else(overload)?.compare(rhs).map_err(|error| match error {
+        ExecutionError::NoSuchOverload(_)
+        | ExecutionError::ValuesNotComparable(..)
+        | ExecutionError::UnsupportedKeyType(_)
+        | ExecutionError::UnexpectedType { .. } => overload(),
+        other => other,
+    })
+}
+
 fn compare<'b, 'v>(
     args: &[CowVal<'b, 'v>],
     operator: &str,
@@ -109,20 +127,7 @@ fn compare<'b, 'v>(
     let [lhs, rhs] = args else {
         return Err(ExecutionError::invalid_argument_count(2, args.len()));
     };
-    let overload = || {
-        ExecutionError::no_such_overload(
-            operator,
-            vec![lhs.get_type().name().to_owned(), rhs.get_type().name().to_owned()],
-        )
-    };
-    let ordering =
-        lhs.as_comparer().ok_or_else(overload)?.compare(rhs.as_ref()).map_err(|error| match error {
-            ExecutionError::NoSuchOverload(_)
-            | ExecutionError::ValuesNotComparable(..)
-            | ExecutionError::UnsupportedKeyType(_)
-            | ExecutionError::UnexpectedType { .. } => overload(),
-            other => other,
-        })?;
+    let ordering = ordering(lhs.as_ref(), rhs.as_ref(), operator)?;
     Ok(CowVal::Borrowed(if accept(ordering) { &CelBool::TRUE } else { &CelBool::FALSE }))
 }
 

@@ -280,6 +280,17 @@ fn contains_ip<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
     boolean(cidr.contains_ip(ip))
 }
 
+/// `cidr.containsIP(ip)` where the call succeeds: `cidr` a `net.CIDR` and `ip` a `net.IP` or a
+/// string that parses as one (the two overloads of `containsIP`); `None` where it fails.
+pub(crate) fn contains_ip_of(cidr: &dyn Val, ip: &dyn Val) -> Option<bool> {
+    let cidr = cidr.downcast_ref::<Cidr>()?;
+    let ip = match ip.downcast_ref::<Ip>() {
+        Some(ip) => ip.0,
+        None => parse_ip(ip.downcast_ref::<CelString>()?.inner()).ok()?,
+    };
+    Some(cidr.contains_ip(ip))
+}
+
 fn contains_cidr<'b, 'v>(args: Args<'b, 'v>) -> Out<'b, 'v> {
     let cidr = *arg::<Cidr>(&args, 0, "containsCIDR")?;
     let other = match args.get(1).and_then(|a| a.downcast_ref::<Cidr>()) {

@@ -12,6 +12,7 @@ use cel::{
 };
 
 use crate::{
+    fast::Fast,
     lower::{fold_constants, lower},
     pattern::{Name, Pattern},
     schema::Schema,
@@ -84,6 +85,8 @@ pub(crate) struct CompiledPolicy {
     resources: Vec<Pattern>,
     actions: Vec<Pattern>,
     condition: IdedExpr,
+    /// The condition compiled for the fast evaluator, when it is of a shape it knows.
+    fast: Option<Fast>,
     /// The values of the condition's folded constants ([`fold_constants`]), by index.
     constants: Vec<Box<dyn Val>>,
     parameters: Box<dyn Val>,
@@ -113,10 +116,17 @@ impl CompiledPolicy {
     pub(crate) fn condition(&self) -> &IdedExpr {
         &self.condition
     }
+    pub(crate) fn fast(&self) -> Option<&Fast> {
+        self.fast.as_ref()
+    }
+    /// The folded constant at `index`.
+    pub(crate) fn constant_at(&self, index: usize) -> Option<&dyn Val> {
+        self.constants.get(index).map(|v| &**v)
+    }
     /// The folded constant named `index` (the digits after
     /// [`CONSTANT_PREFIX`](crate::lower::CONSTANT_PREFIX)).
     pub(crate) fn constant(&self, index: &str) -> Option<&dyn Val> {
-        self.constants.get(index.parse::<usize>().ok()?).map(|v| &**v)
+        self.constant_at(index.parse::<usize>().ok()?)
     }
     pub(crate) fn parameters_val(&self) -> &dyn Val {
         &*self.parameters
@@ -217,6 +227,7 @@ pub(crate) fn compile(
                     (CelMapKey::from(k.clone()), Box::new(CelString::from(v.clone())) as Box<dyn Val>)
                 })
                 .collect();
+            let fast = Fast::compile(&condition);
             Ok(CompiledPolicy {
                 id: Arc::from(definition.policy_id.as_str()),
                 version: Arc::from(definition.version.as_str()),
@@ -225,6 +236,7 @@ pub(crate) fn compile(
                 resources,
                 actions,
                 condition,
+                fast,
                 constants,
                 parameters: Box::new(CelMap::from(map)),
                 risk_score,
