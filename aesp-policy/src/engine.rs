@@ -18,7 +18,7 @@ use crate::{
     lower, network,
     pattern::{Name, Permission},
     policy::{CompiledPolicy, Effect, compile},
-    rbac::TenantRbac,
+    rbac::Holder,
     request::{Principal, Request},
     snapshot::{Snapshot, SnapshotBuilder, SnapshotInner},
     validate::ValidationError,
@@ -201,8 +201,9 @@ impl Engine {
 
         let tenant = snapshot.tenants.get(&request.tenant_id);
         let rbac = tenant.map(|t| &t.rbac);
-        let roles: Cow<'_, [String]> = match rbac {
-            Some(rbac) => rbac.effective_roles(&principal.id, &principal.roles),
+        let holder = rbac.map(|r| r.holder(&principal.id));
+        let roles: Cow<'_, [String]> = match holder {
+            Some(holder) => holder.effective_roles(&principal.roles),
             None => {
                 let mut roles = principal.roles.clone();
                 roles.sort();
@@ -213,7 +214,7 @@ impl Engine {
         let asserted: Vec<Permission> =
             principal.permissions.iter().filter_map(|p| Permission::parse(p).ok()).collect();
         let granting =
-            |resource: &Name<'_>, action: &Name<'_>| granting(rbac, principal, &asserted, resource, action);
+            |resource: &Name<'_>, action: &Name<'_>| granting(holder, principal, &asserted, resource, action);
 
         // 2. The contract's hard requirements.
         for required in &resource.required_roles {
@@ -262,8 +263,7 @@ impl Engine {
         let resource_name = Name::new(&resource.name);
         let action_name = Name::new(&request.action);
         let granted_by = granting(&resource_name, &action_name);
-        let roles_val =
-            if principal.roles.is_empty() { rbac.and_then(|r| r.roles_val(&principal.id)) } else { None };
+        let roles_val = if principal.roles.is_empty() { holder.and_then(Holder::roles_val) } else { None };
         let facts = Facts::new(request, roles, roles_val, rbac, &snapshot.schema);
         // The first matching ALLOW is all the outcome needs of them.
         let mut first_allow: Option<&CompiledPolicy> = None;
@@ -483,14 +483,15 @@ impl Engine {
 /// The first permission, of the principal's roles or asserted by its security context, that
 /// grants (`resource`, `action`).
 fn granting<'a>(
-    rbac: Option<&'a TenantRbac>,
+    holder: Option<Holder<'a>>,
     principal: &'a Principal,
     asserted: &'a [Permission],
     resource: &Name<'_>,
     action: &Name<'_>,
 ) -> Option<&'a str> {
-    rbac.into_iter()
-        .flat_map(|r| r.permissions(&principal.id, &principal.roles))
+    holder
+        .into_iter()
+        .flat_map(|h| h.permissions(&principal.roles))
         .chain(asserted.iter())
         .find(|p| p.matches(resource, action))
         .map(Permission::as_str)

@@ -23,6 +23,8 @@ enum Segment {
 pub(crate) struct Pattern {
     /// Each segment with the separator before it (`None` for the first).
     segments: Vec<(Option<char>, Segment)>,
+    /// Whether a segment is `**` (otherwise a name matches segment by segment).
+    any_depth: bool,
 }
 
 /// A name split into segments once, to be matched against many patterns. Names of up to
@@ -40,24 +42,17 @@ impl<'a> Name<'a> {
     pub(crate) fn new(name: &'a str) -> Self {
         let mut out = Self { inline: [(None, ""); INLINE_SEGMENTS], len: 0, spilled: Vec::new() };
         let mut separator = None;
-        let mut rest = name;
-        loop {
-            let (segment, next) = match rest.find(SEPARATORS) {
-                Some(at) => {
-                    let (segment, tail) = rest.split_at(at);
-                    let mut chars = tail.chars();
-                    let next_separator = chars.next();
-                    rest = chars.as_str();
-                    (segment, Some(next_separator))
-                }
-                None => (rest, None),
-            };
-            out.push((separator, segment));
-            match next {
-                Some(next_separator) => separator = next_separator,
-                None => return out,
+        let mut start = 0;
+        // The separators are ASCII, so each byte that is one is a whole character.
+        for (at, byte) in name.bytes().enumerate() {
+            if SEPARATORS.contains(&char::from(byte)) {
+                out.push((separator, name.get(start..at).unwrap_or_default()));
+                separator = Some(char::from(byte));
+                start = at + 1;
             }
         }
+        out.push((separator, name.get(start..).unwrap_or_default()));
+        out
     }
 
     fn push(&mut self, segment: (Option<char>, &'a str)) {
@@ -108,12 +103,25 @@ impl Pattern {
         if double_stars > MAX_DOUBLE_STARS {
             return Err(invalid("too many `**`"));
         }
-        Ok(Self { segments })
+        Ok(Self { segments, any_depth: double_stars > 0 })
     }
 
     /// Whether the pattern matches `name`.
     pub(crate) fn matches(&self, name: &Name<'_>) -> bool {
-        match_segments(&self.segments, name.segments(), false)
+        let name = name.segments();
+        if self.any_depth {
+            return match_segments(&self.segments, name, false);
+        }
+        // Without `**`, as `match_segments` does it: one segment for one, separators alike.
+        self.segments.len() == name.len()
+            && self.segments.iter().zip(name).all(|((separator, segment), (name_separator, text))| {
+                separator == name_separator
+                    && match segment {
+                        Segment::Star => !text.is_empty(),
+                        Segment::Literal(literal) => literal == text,
+                        Segment::DoubleStar => true,
+                    }
+            })
     }
 }
 
@@ -224,6 +232,62 @@ mod tests {
         for (pattern, name, expected) in table {
             assert_eq!(m(pattern, name), expected, "{pattern} vs {name}");
         }
+    }
+
+    /// Splitting and matching agree with the plain definitions: `str::find` of the separators
+    /// and the recursive matcher, on generated names and patterns.
+    #[test]
+    fn fast_splitting_and_matching_agree_with_the_definitions() {
+        fn reference_split(name: &str) -> Vec<(Option<char>, &str)> {
+            let mut out = Vec::new();
+            let mut separator = None;
+            let mut rest = name;
+            loop {
+                match rest.find(SEPARATORS) {
+                    Some(at) => {
+                        let (segment, tail) = rest.split_at(at);
+                        out.push((separator, segment));
+                        let mut chars = tail.chars();
+                        separator = chars.next();
+                        rest = chars.as_str();
+                    }
+                    None => {
+                        out.push((separator, rest));
+                        return out;
+                    }
+                }
+            }
+        }
+        let parts = ["a", "b", "sql", "*", "**", "é", "", "x1"];
+        let separators = ["/", ".", ":"];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            usize::try_from(seed % n as u64).unwrap()
+        };
+        let text = |next: &mut dyn FnMut(usize) -> usize| {
+            let mut out = String::from(parts[next(parts.len())]);
+            for _ in 0..next(12) {
+                out.push_str(separators[next(separators.len())]);
+                out.push_str(parts[next(parts.len())]);
+            }
+            out
+        };
+        let mut compared = 0;
+        for _ in 0..20_000 {
+            let name_text = text(&mut next);
+            let name = Name::new(&name_text);
+            assert_eq!(name.segments(), reference_split(&name_text).as_slice(), "{name_text}");
+            let pattern_text = text(&mut next);
+            if let Ok(pattern) = Pattern::parse(&pattern_text) {
+                let expected = match_segments(&pattern.segments, name.segments(), false);
+                assert_eq!(pattern.matches(&name), expected, "{pattern_text} vs {name_text}");
+                compared += 1;
+            }
+        }
+        assert!(compared > 2_000, "{compared}");
     }
 
     #[test]

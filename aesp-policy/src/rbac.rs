@@ -161,17 +161,28 @@ impl RoleSource {
     }
 }
 
-impl TenantRbac {
-    /// The roles a principal holds: those assigned in this tenant and those its security
+/// One principal in a tenant's RBAC, looked up once: for a decision, which reads its roles and
+/// permissions several times.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Holder<'s> {
+    rbac: &'s TenantRbac,
+    grants: Option<&'s Grants>,
+}
+
+impl<'s> Holder<'s> {
+    /// The roles the principal holds: those assigned in this tenant and those its security
     /// context asserts, each with its ancestors, sorted and without duplicates.
-    pub(crate) fn effective_roles(&self, principal_id: &str, asserted: &[String]) -> Cow<'_, [String]> {
-        let assigned = self.principals.get(principal_id).map(|g| g.roles.as_slice()).unwrap_or_default();
+    pub(crate) fn effective_roles<'a>(self, asserted: &'a [String]) -> Cow<'a, [String]>
+    where
+        's: 'a,
+    {
+        let assigned = self.grants.map(|g| g.roles.as_slice()).unwrap_or_default();
         if asserted.is_empty() {
             return Cow::Borrowed(assigned);
         }
         let mut out: BTreeSet<&str> = assigned.iter().map(String::as_str).collect();
         for role in asserted {
-            match self.roles.get(role) {
+            match self.rbac.roles.get(role) {
                 Some(effective) => out.extend(effective.roles.iter().map(String::as_str)),
                 None => {
                     out.insert(role);
@@ -182,8 +193,36 @@ impl TenantRbac {
     }
 
     /// The roles of an assigned principal as a CEL list, computed once per snapshot.
-    pub(crate) fn roles_val(&self, principal_id: &str) -> Option<&dyn Val> {
-        self.principals.get(principal_id).map(|g| &g.roles_val as &dyn Val)
+    pub(crate) fn roles_val(self) -> Option<&'s dyn Val> {
+        self.grants.map(|g| &g.roles_val as &dyn Val)
+    }
+
+    /// Every permission granted through the principal's roles (assigned and asserted).
+    pub(crate) fn permissions<'a>(self, asserted: &'a [String]) -> impl Iterator<Item = &'a Permission> + 'a
+    where
+        's: 'a,
+    {
+        let assigned = self.grants.map(|g| g.permissions.as_slice()).unwrap_or_default();
+        let roles = &self.rbac.roles;
+        assigned.iter().chain(
+            asserted.iter().filter_map(|role| roles.get(role)).flat_map(|role| role.permissions.iter()),
+        )
+    }
+}
+
+impl TenantRbac {
+    /// The principal `principal_id` in this tenant.
+    pub(crate) fn holder(&self, principal_id: &str) -> Holder<'_> {
+        Holder { rbac: self, grants: self.principals.get(principal_id) }
+    }
+
+    /// The roles a principal holds ([`Holder::effective_roles`]).
+    pub(crate) fn effective_roles<'s>(
+        &'s self,
+        principal_id: &str,
+        asserted: &'s [String],
+    ) -> Cow<'s, [String]> {
+        self.holder(principal_id).effective_roles(asserted)
     }
 
     /// Every permission granted through the principal's roles (assigned and asserted).
@@ -192,11 +231,7 @@ impl TenantRbac {
         principal_id: &str,
         asserted: &'s [String],
     ) -> impl Iterator<Item = &'s Permission> + 's {
-        let assigned =
-            self.principals.get(principal_id).map(|g| g.permissions.as_slice()).unwrap_or_default();
-        assigned.iter().chain(
-            asserted.iter().filter_map(|role| self.roles.get(role)).flat_map(|role| role.permissions.iter()),
-        )
+        self.holder(principal_id).permissions(asserted)
     }
 
     /// Whether one of the principal's roles grants (`resource`, `action`).
