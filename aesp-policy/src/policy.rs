@@ -139,10 +139,10 @@ impl CompiledPolicy {
     }
 
     /// Whether the policy's scope covers (`resource`, `action`): both must match; an empty
-    /// list matches everything.
+    /// list matches everything. The actions, usually one short segment, are tried first.
     pub(crate) fn applies(&self, resource: &Name<'_>, action: &Name<'_>) -> bool {
-        (self.resources.is_empty() || self.resources.iter().any(|p| p.matches(resource)))
-            && (self.actions.is_empty() || self.actions.iter().any(|p| p.matches(action)))
+        (self.actions.is_empty() || self.actions.iter().any(|p| p.matches(action)))
+            && (self.resources.is_empty() || self.resources.iter().any(|p| p.matches(resource)))
     }
 }
 
