@@ -168,9 +168,41 @@ fn scan_event(mut buf: &[u8]) -> Option<Fields<'_>> {
 pub(crate) struct IndexState {
     pub(crate) strings: Interner,
     pub(crate) rows: Vec<Row>,
-    pub(crate) postings: HashMap<(Dim, Sym), Vec<u64>>,
+    /// Where each (dimension, value) keeps its posting list in `lists`.
+    postings: HashMap<(Dim, Sym), usize>,
+    /// The posting lists: the log indices of the events with one value of one dimension.
+    lists: Vec<Vec<u64>>,
     /// Per block: the least and greatest event time of its indexed events.
     pub(crate) zones: Vec<(u64, u64)>,
+    /// The two values each field saw last, so that the run of events of one tenant, one
+    /// principal or one tool interns and posts without hashing.
+    recent: Recent,
+}
+
+/// The fields of a row, in the order of [`Recent`]'s slots.
+const FIELDS: usize = 5;
+
+/// Per field of a row, its two most recent values: (symbol, posting list of the dimension it
+/// has one in).
+#[derive(Debug, Default)]
+struct Recent([[Option<(Sym, usize)>; 2]; FIELDS]);
+
+impl Recent {
+    /// The cached value of `field` whose text is `bytes`, moved to the front.
+    fn find(&mut self, field: usize, bytes: &[u8], strings: &Interner) -> Option<(Sym, usize)> {
+        let slots = self.0.get_mut(field)?;
+        let hit =
+            slots.iter().position(|s| s.is_some_and(|(sym, _)| strings.name(sym).as_bytes() == bytes))?;
+        slots.swap(0, hit);
+        slots[0]
+    }
+
+    fn remember(&mut self, field: usize, value: (Sym, usize)) {
+        if let Some(slots) = self.0.get_mut(field) {
+            slots[1] = slots[0];
+            slots[0] = Some(value);
+        }
+    }
 }
 
 impl IndexState {
@@ -181,19 +213,11 @@ impl IndexState {
 
     fn push(&mut self, entry: Option<&[u8]>) {
         let index = self.size();
-        let row = entry.and_then(|e| self.row_of(e)).unwrap_or(Row {
+        let row = entry.and_then(|e| self.row_of(e, index)).unwrap_or(Row {
             kind: if entry.is_some() { RowKind::Opaque } else { RowKind::Pruned },
             ..NO_ROW
         });
         if row.kind == RowKind::Event {
-            for (dim, sym) in [
-                (Dim::Tenant, row.tenant),
-                (Dim::Principal, row.principal),
-                (Dim::EventType, row.event_type),
-                (Dim::Resource, row.resource),
-            ] {
-                self.postings.entry((dim, sym)).or_default().push(index);
-            }
             let block = usize::try_from(index / BLOCK).unwrap_or(usize::MAX);
             if self.zones.len() <= block {
                 self.zones.resize(block.saturating_add(1), (u64::MAX, 0));
@@ -206,18 +230,48 @@ impl IndexState {
         self.rows.push(row);
     }
 
-    fn row_of(&mut self, entry: &[u8]) -> Option<Row> {
+    /// The row of an event, its values interned and `index` added to their posting lists;
+    /// `None` (and nothing posted) if `entry` is not an audit event.
+    fn row_of(&mut self, entry: &[u8], index: u64) -> Option<Row> {
         let f = scan_event(entry)?;
+        let tenant = self.resolve(0, Some(Dim::Tenant), f.tenant)?;
+        let principal = self.resolve(1, Some(Dim::Principal), f.principal)?;
+        let event_type = self.resolve(2, Some(Dim::EventType), f.event_type)?;
+        let outcome = self.resolve(3, None, f.outcome)?;
+        let resource = self.resolve(4, Some(Dim::Resource), f.resource)?;
+        for (_, list) in [tenant, principal, event_type, resource] {
+            if let Some(list) = self.lists.get_mut(list) {
+                list.push(index);
+            }
+        }
         Some(Row {
             time_ms: f.time_ms,
-            tenant: self.strings.intern(f.tenant)?,
-            principal: self.strings.intern(f.principal)?,
-            event_type: self.strings.intern(f.event_type)?,
-            outcome: self.strings.intern(f.outcome)?,
-            resource: self.strings.intern(f.resource)?,
+            tenant: tenant.0,
+            principal: principal.0,
+            event_type: event_type.0,
+            outcome: outcome.0,
+            resource: resource.0,
             violation: f.violation,
             kind: RowKind::Event,
         })
+    }
+
+    /// The symbol of `bytes`, the value of row field `field`, interned, and its posting list
+    /// in `dim` (`usize::MAX` for a field without one); `None` if it is not UTF-8.
+    fn resolve(&mut self, field: usize, dim: Option<Dim>, bytes: &[u8]) -> Option<(Sym, usize)> {
+        if let Some(hit) = self.recent.find(field, bytes, &self.strings) {
+            return Some(hit);
+        }
+        let sym = self.strings.intern(bytes)?;
+        let list = match dim {
+            Some(dim) => *self.postings.entry((dim, sym)).or_insert_with(|| {
+                self.lists.push(Vec::new());
+                self.lists.len() - 1
+            }),
+            None => usize::MAX,
+        };
+        self.recent.remember(field, (sym, list));
+        Some((sym, list))
     }
 
     /// Whether the zone of `index`'s block may hold a time in `start..end`.
@@ -231,7 +285,7 @@ impl IndexState {
     }
 
     pub(crate) fn posting(&self, dim: Dim, sym: Sym) -> &[u64] {
-        self.postings.get(&(dim, sym)).map_or(&[], Vec::as_slice)
+        self.postings.get(&(dim, sym)).and_then(|&list| self.lists.get(list)).map_or(&[], Vec::as_slice)
     }
 }
 

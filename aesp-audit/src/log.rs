@@ -6,7 +6,7 @@ use std::{ops::Range, sync::Arc, time::Duration};
 use aesp_core::{Error, ErrorCode, Result, proto::v1::AuditEvent};
 use bytes::Bytes;
 use prost::Message as _;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::{
     checkpoint::{Checkpoint, ConsistencyProof, SignedCheckpoint, TlogProof},
@@ -60,10 +60,24 @@ impl AuditLogOptions {
     }
 }
 
+/// The entries of one append: most carry one, which then needs no vector.
+enum Entries {
+    One(Bytes),
+    Many(Vec<Bytes>),
+}
+
+impl Entries {
+    fn as_slice(&self) -> &[Bytes] {
+        match self {
+            Entries::One(entry) => std::slice::from_ref(entry),
+            Entries::Many(entries) => entries,
+        }
+    }
+}
+
 struct Request {
-    entries: Vec<Bytes>,
+    entries: Entries,
     reply: oneshot::Sender<Result<u64>>,
-    _permit: OwnedSemaphorePermit,
 }
 
 enum Command {
@@ -90,7 +104,7 @@ pub struct AuditLog {
 
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Request").field("entries", &self.entries.len()).finish_non_exhaustive()
+        f.debug_struct("Request").field("entries", &self.entries.as_slice().len()).finish_non_exhaustive()
     }
 }
 
@@ -125,7 +139,12 @@ impl AuditLog {
         let (durable_tx, durable) = watch::channel(storage.state().await?.size);
         let options = Arc::new(options);
         let index = Arc::new(AuditIndex::default());
-        let committer = Committer { storage: Arc::clone(&storage), options: Arc::clone(&options) };
+        let permits = Arc::new(Semaphore::new(options.max_pending_entries));
+        let committer = Committer {
+            storage: Arc::clone(&storage),
+            options: Arc::clone(&options),
+            permits: Arc::clone(&permits),
+        };
         tokio::spawn(committer.run(request_rx, batches_tx, index_tx, durable_tx));
         tokio::spawn(integrator.run(batches_rx, command_rx));
         tokio::spawn(follow(Arc::clone(&storage), Arc::clone(&index), durable.clone(), index_rx));
@@ -135,7 +154,7 @@ impl AuditLog {
             storage,
             requests,
             commands,
-            permits: Arc::new(Semaphore::new(options.max_pending_entries)),
+            permits,
             verifier: signer.verifier().clone(),
             options,
         })
@@ -153,7 +172,13 @@ impl AuditLog {
 
     /// Appends one event; resolves with its index once it is durable.
     pub async fn append(&self, event: &AuditEvent) -> Result<u64> {
-        Ok(self.append_encoded(vec![Bytes::from(event.encode_to_vec())]).await?.start)
+        self.append_one(Bytes::from(event.encode_to_vec())).await
+    }
+
+    /// Appends one entry given as its exact bytes (for an event, its canonical encoding);
+    /// resolves with its index once it is durable.
+    pub async fn append_one(&self, entry: Bytes) -> Result<u64> {
+        self.submit(Entries::One(entry)).await
     }
 
     /// Appends events as one batch with consecutive indices; resolves once all are durable.
@@ -163,27 +188,39 @@ impl AuditLog {
 
     /// Appends entries given as their exact bytes (for events, the canonical encoding).
     pub async fn append_encoded(&self, entries: Vec<Bytes>) -> Result<Range<u64>> {
-        let count = entries.len();
+        let count = entries.len() as u64;
+        let first = self.submit(Entries::Many(entries)).await?;
+        Ok(first..first.saturating_add(count))
+    }
+
+    /// Queues `entries` for the committer and resolves with the first one's index once all
+    /// are durable.
+    async fn submit(&self, entries: Entries) -> Result<u64> {
+        let all = entries.as_slice();
+        let count = all.len();
         if count == 0 {
             return Err(Error::invalid_argument("nothing to append"));
         }
-        let bytes: usize = entries.iter().map(Bytes::len).sum();
+        let bytes: usize = all.iter().map(Bytes::len).sum();
         if count > self.options.max_batch_entries || bytes > self.options.max_batch_bytes {
             return Err(Error::invalid_argument(format!(
                 "a batch of {count} entries and {bytes} bytes is over the limit of {} entries and {} bytes",
                 self.options.max_batch_entries, self.options.max_batch_bytes
             )));
         }
-        let permit = Arc::clone(&self.permits)
-            .acquire_many_owned(u32::try_from(count).map_err(|_| Error::invalid_argument("batch too large"))?)
+        let count = u32::try_from(count).map_err(|_| Error::invalid_argument("batch too large"))?;
+        // The committer gives the permits back once the entries are written (or failed).
+        self.permits
+            .acquire_many(count)
             .await
-            .map_err(|_| Error::unavailable("the audit log is closed"))?;
+            .map_err(|_| Error::unavailable("the audit log is closed"))?
+            .forget();
         let (reply, rx) = oneshot::channel();
-        self.requests
-            .send(Request { entries, reply, _permit: permit })
-            .map_err(|_| Error::unavailable("the audit log is closed"))?;
-        let first = rx.await.map_err(|_| Error::unavailable("the audit log stopped"))??;
-        Ok(first..first.saturating_add(count as u64))
+        if self.requests.send(Request { entries, reply }).is_err() {
+            self.permits.add_permits(count as usize);
+            return Err(Error::unavailable("the audit log is closed"));
+        }
+        rx.await.map_err(|_| Error::unavailable("the audit log stopped"))?
     }
 
     /// Integrates every durable entry and signs a checkpoint of it now.
@@ -262,7 +299,7 @@ async fn follow(
     storage: Arc<dyn LogStorage>,
     index: Arc<AuditIndex>,
     durable: watch::Receiver<u64>,
-    mut batches: mpsc::Receiver<(u64, Arc<[Bytes]>)>,
+    mut batches: mpsc::Receiver<(u64, Arc<Vec<Bytes>>)>,
 ) {
     let at_open = *durable.borrow();
     // An error here leaves the rest to the next query's catch-up, which reports it.
@@ -275,20 +312,22 @@ async fn follow(
 struct Committer {
     storage: Arc<dyn LogStorage>,
     options: Arc<AuditLogOptions>,
+    /// The pending-entry permits, given back as each group is written.
+    permits: Arc<Semaphore>,
 }
 
 impl Committer {
     async fn run(
         self,
         requests: mpsc::UnboundedReceiver<Request>,
-        batches: mpsc::Sender<(u64, Arc<[Bytes]>)>,
-        index: mpsc::Sender<(u64, Arc<[Bytes]>)>,
+        batches: mpsc::Sender<(u64, Arc<Vec<Bytes>>)>,
+        index: mpsc::Sender<(u64, Arc<Vec<Bytes>>)>,
         durable: watch::Sender<u64>,
     ) {
-        let Self { storage, options } = self;
-        commit_loop(storage, options, requests, move |first, all: Vec<Bytes>| {
-            // One copy of the batch, shared by the index and the integrator.
-            let all: Arc<[Bytes]> = all.into();
+        let Self { storage, options, permits } = self;
+        commit_loop(storage, options, permits, requests, move |first, all: Vec<Bytes>| {
+            // One batch, shared by the index and the integrator.
+            let all = Arc::new(all);
             let end = first.saturating_add(all.len() as u64);
             durable.send_if_modified(|size| {
                 let grew = end > *size;
@@ -306,10 +345,13 @@ impl Committer {
 async fn commit_loop(
     storage: Arc<dyn LogStorage>,
     options: Arc<AuditLogOptions>,
+    permits: Arc<Semaphore>,
     mut requests: mpsc::UnboundedReceiver<Request>,
     mut committed: impl FnMut(u64, Vec<Bytes>),
 ) {
     let mut carry: Option<Request> = None;
+    // Per request of the group: its reply and how many entries it brought.
+    let mut group: Vec<(oneshot::Sender<Result<u64>>, u64)> = Vec::new();
     loop {
         let first = match carry.take() {
             Some(r) => r,
@@ -318,46 +360,52 @@ async fn commit_loop(
                 None => return,
             },
         };
-        let mut entries = first.entries.len();
-        let mut bytes: usize = first.entries.iter().map(Bytes::len).sum();
-        let mut group = vec![first];
+        let mut all: Vec<Bytes> = Vec::with_capacity(requests.len().saturating_add(1));
+        let mut bytes = 0usize;
+        let mut next = Some(first);
         let deadline = tokio::time::Instant::now() + options.max_delay;
-        loop {
-            let next = match requests.try_recv() {
+        while let Some(r) = next {
+            let entries = r.entries.as_slice();
+            let b: usize = entries.iter().map(Bytes::len).sum();
+            if !group.is_empty()
+                && (all.len() + entries.len() > options.max_batch_entries
+                    || bytes + b > options.max_batch_bytes)
+            {
+                carry = Some(r);
+                break;
+            }
+            bytes += b;
+            group.push((r.reply, entries.len() as u64));
+            match r.entries {
+                Entries::One(entry) => all.push(entry),
+                Entries::Many(entries) => all.extend(entries),
+            }
+            next = match requests.try_recv() {
                 Ok(r) => Some(r),
                 Err(mpsc::error::TryRecvError::Empty) if !options.max_delay.is_zero() => {
                     tokio::time::timeout_at(deadline, requests.recv()).await.ok().flatten()
                 }
                 Err(_) => None,
             };
-            let Some(r) = next else { break };
-            let b: usize = r.entries.iter().map(Bytes::len).sum();
-            if entries + r.entries.len() > options.max_batch_entries || bytes + b > options.max_batch_bytes {
-                carry = Some(r);
-                break;
-            }
-            entries += r.entries.len();
-            bytes += b;
-            group.push(r);
         }
-        let all: Vec<Bytes> = group.iter().flat_map(|r| r.entries.iter().cloned()).collect();
+        let written = all.len();
         match storage.append(&all).await {
             Ok(first_index) => {
                 // Before the replies: once an append returns, readers see it.
                 committed(first_index, all);
                 let mut index = first_index;
-                for r in group {
-                    let n = r.entries.len() as u64;
-                    let _ = r.reply.send(Ok(index));
+                for (reply, n) in group.drain(..) {
+                    let _ = reply.send(Ok(index));
                     index = index.saturating_add(n);
                 }
             }
             Err(e) => {
-                for r in group {
-                    let _ = r.reply.send(Err(copy_error(&e)));
+                for (reply, _) in group.drain(..) {
+                    let _ = reply.send(Err(copy_error(&e)));
                 }
             }
         }
+        permits.add_permits(written);
     }
 }
 
@@ -435,7 +483,7 @@ impl Integrator {
 
     async fn run(
         mut self,
-        mut batches: mpsc::Receiver<(u64, Arc<[Bytes]>)>,
+        mut batches: mpsc::Receiver<(u64, Arc<Vec<Bytes>>)>,
         mut commands: mpsc::Receiver<Command>,
     ) {
         let mut tick = tokio::time::interval(self.options.checkpoint_interval);

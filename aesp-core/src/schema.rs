@@ -156,19 +156,20 @@ impl From<Violations> for Error {
     }
 }
 
-/// A path under construction: segments are pushed and popped as validation descends.
+/// A path under construction: segments are pushed and popped as validation descends. The
+/// names are borrowed from the schema or the value walked, so descending allocates nothing.
 #[derive(Default)]
-struct Path(Vec<Segment>);
+struct Path<'a>(Vec<Segment<'a>>);
 
-enum Segment {
-    Field(String),
+enum Segment<'a> {
+    Field(&'a str),
     Index(usize),
 }
 
 /// Longest field name shown in a path; longer (hostile) names are cut.
 const MAX_SHOWN_NAME: usize = 64;
 
-impl Path {
+impl Path<'_> {
     fn render(&self) -> String {
         let mut out = String::new();
         for segment in &self.0 {
@@ -202,7 +203,7 @@ impl Report {
         Self { list: Vec::new(), max: max.max(1), truncated: false }
     }
 
-    fn add(&mut self, path: &Path, rule: &'static str, message: impl Into<String>) {
+    fn add(&mut self, path: &Path<'_>, rule: &'static str, message: impl Into<String>) {
         if self.list.len() < self.max {
             self.list.push(Violation { path: path.render(), rule, message: message.into() });
         } else {
@@ -319,7 +320,7 @@ impl ParameterValidator {
         let mut params = BTreeMap::new();
         let compiler = Compiler { limits: &limits };
         for schema in schemas {
-            path.0.push(Segment::Field(schema.name.clone()));
+            path.0.push(Segment::Field(&schema.name));
             if schema.name.is_empty() {
                 report.add(&path, "constraint", "a parameter needs a name");
             } else if params.contains_key(&schema.name) {
@@ -395,12 +396,12 @@ struct Compiler<'l> {
 }
 
 impl Compiler<'_> {
-    fn param(
+    fn param<'s>(
         &self,
-        schema: &ParameterSchema,
+        schema: &'s ParameterSchema,
         required: bool,
         depth: usize,
-        path: &mut Path,
+        path: &mut Path<'s>,
         report: &mut Report,
     ) -> Option<Param> {
         let ty = self.ty(schema.r#type.as_ref(), depth, path, report)?;
@@ -420,7 +421,13 @@ impl Compiler<'_> {
         Some(param)
     }
 
-    fn ty(&self, ty: Option<&AltarType>, depth: usize, path: &mut Path, report: &mut Report) -> Option<Type> {
+    fn ty<'s>(
+        &self,
+        ty: Option<&'s AltarType>,
+        depth: usize,
+        path: &mut Path<'s>,
+        report: &mut Report,
+    ) -> Option<Type> {
         if depth > self.limits.max_schema_depth {
             report.add(
                 path,
@@ -458,13 +465,13 @@ impl Compiler<'_> {
                 let mut properties = BTreeMap::new();
                 for name in &object.required_properties {
                     if !object.properties.contains_key(name) {
-                        path.0.push(Segment::Field(name.clone()));
+                        path.0.push(Segment::Field(name));
                         report.add(path, "required", "a required property that is not declared");
                         path.0.pop();
                     }
                 }
                 for (name, schema) in &object.properties {
-                    path.0.push(Segment::Field(name.clone()));
+                    path.0.push(Segment::Field(name));
                     if name.is_empty() {
                         report.add(path, "constraint", "a property needs a name");
                     } else if !schema.name.is_empty() && schema.name != *name {
@@ -623,16 +630,17 @@ fn shorten(text: &str) -> String {
 }
 
 /// One validation pass over a value: the path, the budget of nodes and bytes, the report.
-struct Walk<'l> {
+struct Walk<'l, 'v> {
     limits: &'l ValidationLimits,
-    path: Path,
+    /// Borrows the names of the schema and of the value walked.
+    path: Path<'v>,
     report: Report,
     nodes: usize,
     bytes: usize,
     over_budget: bool,
 }
 
-impl<'l> Walk<'l> {
+impl<'l, 'v> Walk<'l, 'v> {
     fn new(limits: &'l ValidationLimits) -> Self {
         Self {
             limits,
@@ -671,14 +679,14 @@ impl<'l> Walk<'l> {
     /// with defaults applied.
     fn fields(
         &mut self,
-        declared: &BTreeMap<String, Param>,
-        given: &BTreeMap<String, Value>,
+        declared: &'v BTreeMap<String, Param>,
+        given: &'v BTreeMap<String, Value>,
         depth: usize,
     ) -> BTreeMap<String, Value> {
         let mut out = BTreeMap::new();
         for name in given.keys() {
             if !declared.contains_key(name) {
-                self.path.0.push(Segment::Field(name.clone()));
+                self.path.0.push(Segment::Field(name));
                 self.report.add(&self.path, "unknown", "not declared by the contract");
                 self.path.0.pop();
             }
@@ -687,7 +695,7 @@ impl<'l> Walk<'l> {
             if self.stop() {
                 break;
             }
-            self.path.0.push(Segment::Field(name.clone()));
+            self.path.0.push(Segment::Field(name));
             match given.get(name).filter(|v| !v.is_null()) {
                 Some(value) => {
                     let checked = self.value(&param.ty, &param.constraints, value, depth + 1);
@@ -707,7 +715,7 @@ impl<'l> Walk<'l> {
     }
 
     /// Validates one value against a type and its constraints; returns it normalised.
-    fn value(&mut self, ty: &Type, c: &Constraints, value: &Value, depth: usize) -> Value {
+    fn value(&mut self, ty: &'v Type, c: &Constraints, value: &'v Value, depth: usize) -> Value {
         if depth > self.limits.max_depth {
             self.report.add(
                 &self.path,

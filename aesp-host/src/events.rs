@@ -11,7 +11,7 @@ use aesp_policy::PolicyMatch;
 use base64::Engine as _;
 use prost::{
     bytes::Bytes,
-    encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len},
+    encoding::{WireType, encoded_len_varint, key_len},
 };
 
 /// A string field or metadata value, rendered when the event is encoded.
@@ -23,6 +23,8 @@ pub(crate) enum Text<'a> {
     Concat(&'a str, &'a str),
     /// A value's `Display` (it must render the same text every time).
     Display(&'a dyn fmt::Display),
+    /// A number in decimal.
+    Number(u64),
     /// Standard base64 (with padding) of bytes.
     Base64(&'a [u8]),
     /// Lowercase hexadecimal of bytes (a digest).
@@ -68,6 +70,7 @@ impl Text<'_> {
             }
             Text::Base64(bytes) => base64::encoded_len(bytes.len(), true).unwrap_or(0),
             Text::Hex(bytes) => bytes.len() * 2,
+            Text::Number(n) => decimal_len(*n),
         }
     }
 
@@ -82,11 +85,26 @@ impl Text<'_> {
                 let _ = write!(Append(buf), "{d}");
             }
             Text::Hex(bytes) => {
-                for byte in *bytes {
-                    for nibble in [byte >> 4, byte & 0x0f] {
-                        buf.push(if nibble < 10 { b'0' + nibble } else { b'a' + nibble - 10 });
+                for &byte in *bytes {
+                    buf.extend_from_slice(&HEX_PAIRS.get(usize::from(byte)).copied().unwrap_or_default());
+                }
+            }
+            Text::Number(n) => {
+                let mut digits = [0u8; 20];
+                let mut at = digits.len();
+                let mut n = *n;
+                loop {
+                    at -= 1;
+                    if let Some(d) = digits.get_mut(at) {
+                        // A remainder of 10 is below 256.
+                        *d = b'0' + (n % 10) as u8;
+                    }
+                    n /= 10;
+                    if n == 0 {
+                        break;
                     }
                 }
+                buf.extend_from_slice(digits.get(at..).unwrap_or_default());
             }
             Text::Base64(bytes) => {
                 let start = buf.len();
@@ -104,6 +122,42 @@ impl Text<'_> {
         self.write(self.len(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// Each byte's two lowercase hexadecimal digits.
+pub(crate) static HEX_PAIRS: [[u8; 2]; 256] = hex_pairs();
+
+#[expect(clippy::indexing_slicing, reason = "const evaluation; the loop bounds every index")]
+const fn hex_pairs() -> [[u8; 2]; 256] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+        i += 1;
+    }
+    pairs
+}
+
+/// The number of decimal digits of `n`.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |digits| digits as usize + 1)
+}
+
+/// Appends a varint (the common one-byte case without a loop).
+#[inline]
+fn put_varint(mut value: u64, buf: &mut Vec<u8>) {
+    while value >= 0x80 {
+        buf.push((value & 0x7f) as u8 | 0x80);
+        value >>= 7;
+    }
+    buf.push(value as u8);
+}
+
+/// Appends a field key.
+#[inline]
+fn put_key(tag: u32, wire_type: WireType, buf: &mut Vec<u8>) {
+    put_varint(u64::from(tag << 3) | wire_type as u64, buf);
 }
 
 /// The most metadata entries an [`EventView`] holds (the pipeline's events use at most 13).
@@ -133,7 +187,9 @@ impl<'a> Metadata<'a> {
     }
 
     fn sort(&mut self) {
-        if let Some(entries) = self.entries.get_mut(..self.len) {
+        if let Some(entries) = self.entries.get_mut(..self.len)
+            && !entries.is_sorted_by(|a, b| a.0 <= b.0)
+        {
             entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
         }
     }
@@ -160,20 +216,24 @@ pub(crate) struct EventView<'a> {
 }
 
 /// The encoded length of a length-delimited field of `len` bytes.
+#[inline]
 fn delimited_len(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
 /// The encoded length of a proto3 string field of `len` bytes (left out when empty).
+#[inline]
 fn string_len(tag: u32, len: usize) -> usize {
     if len == 0 { 0 } else { delimited_len(tag, len) }
 }
 
+#[inline]
 fn write_header(tag: u32, len: usize, buf: &mut Vec<u8>) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(len as u64, buf);
+    put_key(tag, WireType::LengthDelimited, buf);
+    put_varint(len as u64, buf);
 }
 
+#[inline]
 fn write_str(tag: u32, text: &str, buf: &mut Vec<u8>) {
     if !text.is_empty() {
         write_header(tag, text.len(), buf);
@@ -181,6 +241,7 @@ fn write_str(tag: u32, text: &str, buf: &mut Vec<u8>) {
     }
 }
 
+#[inline]
 fn write_text(tag: u32, text: &Text<'_>, len: usize, buf: &mut Vec<u8>) {
     if len > 0 {
         write_header(tag, len, buf);
@@ -189,13 +250,31 @@ fn write_text(tag: u32, text: &Text<'_>, len: usize, buf: &mut Vec<u8>) {
 }
 
 /// The length of a map entry message (key 1, value 2; each left out when empty, as prost does).
+#[inline]
 fn entry_len(key: &str, value_len: usize) -> usize {
     string_len(1, key.len()) + string_len(2, value_len)
 }
 
+thread_local! {
+    /// Where an event's `Display` values are rendered, once each, before it is measured.
+    static RENDERED: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 impl EventView<'_> {
     /// The canonical protobuf encoding: the bytes `AuditEvent::encode_to_vec` gives.
-    pub(crate) fn encode(mut self) -> Bytes {
+    pub(crate) fn encode(self) -> Bytes {
+        RENDERED.with_borrow_mut(|rendered| {
+            rendered.clear();
+            let encoded = encode_rendered(self, rendered);
+            if rendered.capacity() > 64 * 1024 {
+                *rendered = String::new();
+            }
+            encoded
+        })
+    }
+
+    /// Encodes, measuring every text first to allocate exactly once.
+    fn encode_measured(mut self) -> Bytes {
         self.metadata.sort();
         let mut value_lens = [0usize; MAX_METADATA];
         for (len, (_, value)) in value_lens.iter_mut().zip(self.metadata.entries()) {
@@ -229,8 +308,8 @@ impl EventView<'_> {
         let mut buf = Vec::with_capacity(total);
         write_str(1, self.event_id, &mut buf);
         if self.timestamp_ms != 0 {
-            encode_key(2, WireType::Varint, &mut buf);
-            encode_varint(self.timestamp_ms, &mut buf);
+            put_key(2, WireType::Varint, &mut buf);
+            put_varint(self.timestamp_ms, &mut buf);
         }
         write_str(3, self.event_type, &mut buf);
         write_str(4, self.principal_id, &mut buf);
@@ -278,6 +357,28 @@ impl EventView<'_> {
     }
 }
 
+/// [`EventView::encode`], with every `Display` value rendered into `rendered` first.
+fn encode_rendered<'a>(mut view: EventView<'a>, rendered: &'a mut String) -> Bytes {
+    let mut spans = [(0usize, 0usize); MAX_METADATA + 2];
+    let texts = view.metadata.entries.iter().map(|(_, v)| v).chain([&view.resource, &view.risk_score]);
+    for (span, text) in spans.iter_mut().zip(texts) {
+        if let Text::Display(d) = text {
+            let start = rendered.len();
+            let _ = write!(rendered, "{d}");
+            *span = (start, rendered.len());
+        }
+    }
+    let rendered: &str = rendered;
+    let texts =
+        view.metadata.entries.iter_mut().map(|(_, v)| v).chain([&mut view.resource, &mut view.risk_score]);
+    for (&(start, end), text) in spans.iter().zip(texts) {
+        if let Text::Display(_) = text {
+            *text = Text::Str(rendered.get(start..end).unwrap_or_default());
+        }
+    }
+    view.encode_measured()
+}
+
 /// The matched policies of a decision as `id@version:Effect`, comma-separated.
 pub(crate) struct Matched<'a>(pub(crate) &'a [PolicyMatch]);
 
@@ -295,6 +396,13 @@ impl fmt::Display for Matched<'_> {
 
 /// A risk score with three decimals.
 pub(crate) struct Risk(pub(crate) f64);
+
+impl Risk {
+    /// The score as event text: the common zero as a constant, anything else formatted.
+    pub(crate) fn text(&self) -> Text<'_> {
+        if self.0 == 0.0 && self.0.is_sign_positive() { Text::Str("0.000") } else { Text::Display(self) }
+    }
+}
 
 impl fmt::Display for Risk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -334,6 +442,8 @@ mod tests {
             ("zeta", Text::Str("last")),
             ("empty", Text::Str("")),
             ("number", Text::Display(&number)),
+            ("counted", Text::Number(number)),
+            ("zero", Text::Number(0)),
             ("decision_input", Text::Base64(&input)),
             ("digest", Text::Hex(&[0x00, 0x9f, 0xa0, 0xff])),
             ("a", Text::Concat("tool:", "sql.query")),
@@ -359,6 +469,13 @@ mod tests {
             policy_violation: Some(""),
         });
         assert_eq!(Text::Hex(&[0x00, 0x9f, 0xa0, 0xff]).render(), "009fa0ff");
+        for n in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
+            assert_eq!(Text::Number(n).render(), n.to_string());
+            assert_eq!(Text::Number(n).len(), n.to_string().len());
+        }
+        for score in [0.0, -0.0, 0.0004, 0.0005, 0.25, 1.0, 12.3456] {
+            assert_eq!(Risk(score).text().render(), format!("{score:.3}"));
+        }
         let mut full = Metadata::default();
         let keys: Vec<String> = (0..MAX_METADATA).rev().map(|i| format!("k{i:02}")).collect();
         for key in &keys {

@@ -465,8 +465,8 @@ impl Host {
     /// Writes an audit event given as its canonical encoding (an `AuditEvent`'s exact bytes)
     /// durably, as [`record`](Self::record) does.
     pub(crate) async fn record_encoded(&self, event: Bytes) -> Result<u64> {
-        match self.inner.audit.append_encoded(vec![event]).await {
-            Ok(range) => Ok(range.start),
+        match self.inner.audit.append_one(event).await {
+            Ok(index) => Ok(index),
             Err(e) => Err(Error::new(
                 ErrorCode::AuditRequirementNotMet,
                 "the audit log cannot record this operation, so it was refused",

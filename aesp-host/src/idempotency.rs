@@ -4,17 +4,18 @@
 //! parameters is refused. The table lives in memory (hot-path state), sharded and bounded.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, VecDeque, hash_map::Entry},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
 use aesp_core::{
     Clock, Error, ErrorCode, Result,
-    proto::v1::{EnterpriseError, ToolCall, ToolResult},
+    proto::v1::{EnterpriseError, ToolCall},
 };
+use prost::bytes::Bytes;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 const SHARDS: usize = 16;
 
@@ -33,8 +34,9 @@ fn key(tenant: &str, principal: &str, invocation_id: &str) -> Key {
     Arc::from(key)
 }
 
-/// The recorded outcome of a call.
-pub(crate) type Outcome = std::result::Result<ToolResult, Box<EnterpriseError>>;
+/// The recorded outcome of a call: its result's encoding (one allocation, where a copy of the
+/// result would take one per string and value), or its error.
+pub(crate) type Outcome = std::result::Result<Bytes, Box<EnterpriseError>>;
 
 thread_local! {
     /// The buffer [`call_digest`] encodes into, reused.
@@ -77,14 +79,31 @@ pub(crate) fn call_digest(call: &ToolCall) -> [u8; 32] {
 }
 
 enum Slot {
-    Running { digest: [u8; 32], done: watch::Receiver<Option<Arc<Outcome>>> },
-    Done { digest: [u8; 32], outcome: Arc<Outcome> },
+    /// The first call is running; `attempt` tells it from a later one under the same key, and
+    /// `waiters` says whether a repeat waits for it.
+    Running {
+        digest: [u8; 32],
+        attempt: u64,
+        waiters: bool,
+    },
+    Done {
+        digest: [u8; 32],
+        outcome: Arc<Outcome>,
+    },
 }
 
 struct Shard {
     slots: HashMap<Key, (Slot, u64)>,
-    /// Keys in insertion order with their expiry, for eviction.
+    /// Finished keys in the order their windows end, with that end, for eviction.
     order: VecDeque<(u64, Key)>,
+    /// Counts the attempts begun in this shard.
+    attempts: u64,
+}
+
+/// A shard and the signal its running calls give their waiting repeats when they end.
+struct Guarded {
+    shard: Mutex<Shard>,
+    ended: Notify,
 }
 
 /// The idempotency table.
@@ -92,7 +111,7 @@ pub(crate) struct Idempotency {
     clock: Arc<dyn Clock>,
     window_ms: u64,
     capacity_per_shard: usize,
-    shards: [Mutex<Shard>; SHARDS],
+    shards: [Guarded; SHARDS],
 }
 
 impl std::fmt::Debug for Idempotency {
@@ -105,10 +124,17 @@ impl std::fmt::Debug for Idempotency {
 pub(crate) enum Claim {
     /// This is the first call: run it and [`Completer::finish`] with the outcome.
     First(Completer),
-    /// The same call is running: wait for its outcome.
-    Running(watch::Receiver<Option<Arc<Outcome>>>),
+    /// The same call is running: [`Idempotency::wait`] for its outcome.
+    Running(Waiter),
     /// The same call completed: its outcome.
     Done(Arc<Outcome>),
+}
+
+/// A repeat waiting for the first attempt of its call.
+pub(crate) struct Waiter {
+    table: Arc<Idempotency>,
+    key: Key,
+    attempt: u64,
 }
 
 /// The obligation of the first call to record its outcome; dropping it unfinished (the call
@@ -117,7 +143,6 @@ pub(crate) struct Completer {
     table: Arc<Idempotency>,
     key: Option<Key>,
     digest: [u8; 32],
-    sender: watch::Sender<Option<Arc<Outcome>>>,
 }
 
 impl Completer {
@@ -126,15 +151,27 @@ impl Completer {
         let outcome = Arc::new(outcome);
         if let Some(key) = self.key.take() {
             let expires = self.table.clock.now_ms().saturating_add(self.table.window_ms);
-            let mut shard = self.table.shard(&key).lock().unwrap_or_else(PoisonError::into_inner);
-            // The window of a finished call starts when it finishes: queue its eviction then
-            // (the entry queued when it began may come due while this one is still valid).
-            shard.order.push_back((expires, Arc::clone(&key)));
-            shard
-                .slots
-                .insert(key, (Slot::Done { digest: self.digest, outcome: Arc::clone(&outcome) }, expires));
+            let guarded = self.table.shard(&key);
+            let mut shard = lock(&guarded.shard);
+            let done = Slot::Done { digest: self.digest, outcome: Arc::clone(&outcome) };
+            let waited = match shard.slots.get_mut(&key) {
+                Some(entry) => {
+                    let waited = matches!(entry.0, Slot::Running { waiters: true, .. });
+                    *entry = (done, expires);
+                    waited
+                }
+                None => {
+                    shard.slots.insert(Arc::clone(&key), (done, expires));
+                    false
+                }
+            };
+            // The window of a finished call starts when it finishes.
+            shard.order.push_back((expires, key));
+            drop(shard);
+            if waited {
+                guarded.ended.notify_waiters();
+            }
         }
-        let _ = self.sender.send(Some(Arc::clone(&outcome)));
         outcome
     }
 }
@@ -142,9 +179,17 @@ impl Completer {
 impl Drop for Completer {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            self.table.shard(&key).lock().unwrap_or_else(PoisonError::into_inner).slots.remove(&key);
+            let guarded = self.table.shard(&key);
+            let removed = lock(&guarded.shard).slots.remove(&key);
+            if matches!(removed, Some((Slot::Running { waiters: true, .. }, _))) {
+                guarded.ended.notify_waiters();
+            }
         }
     }
+}
+
+fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Idempotency {
@@ -153,13 +198,14 @@ impl Idempotency {
             clock,
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
             capacity_per_shard: capacity.div_ceil(SHARDS).max(1),
-            shards: std::array::from_fn(|_| {
-                Mutex::new(Shard { slots: HashMap::new(), order: VecDeque::new() })
+            shards: std::array::from_fn(|_| Guarded {
+                shard: Mutex::new(Shard { slots: HashMap::new(), order: VecDeque::new(), attempts: 0 }),
+                ended: Notify::new(),
             }),
         })
     }
 
-    fn shard(&self, key: &Key) -> &Mutex<Shard> {
+    fn shard(&self, key: &Key) -> &Guarded {
         let hash = key
             .bytes()
             .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
@@ -177,7 +223,7 @@ impl Idempotency {
     ) -> Result<Claim> {
         let key = key(tenant, principal, invocation_id);
         let now = self.clock.now_ms();
-        let mut shard = self.shard(&key).lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shard = lock(&self.shard(&key).shard);
         // Forget what has expired (oldest first).
         while let Some((expires, old)) = shard.order.front() {
             if *expires > now {
@@ -193,50 +239,72 @@ impl Idempotency {
                 shard.slots.remove(&old);
             }
         }
-        if let Some((slot, expires)) = shard.slots.get(&key)
-            && *expires > now
-        {
-            let (Slot::Running { digest: d, .. } | Slot::Done { digest: d, .. }) = slot;
-            if *d != digest {
-                return Err(Error::new(
-                    ErrorCode::Conflict,
-                    format!("invocation id `{invocation_id}` was used for a different call"),
-                )
-                .with_remediation("use a new invocation id for a new call"));
+        let full = shard.slots.len() >= self.capacity_per_shard;
+        let attempt = shard.attempts;
+        match shard.slots.entry(key) {
+            Entry::Occupied(mut entry) if entry.get().1 > now => {
+                let key = Arc::clone(entry.key());
+                let (slot, _) = entry.get_mut();
+                let (Slot::Running { digest: d, .. } | Slot::Done { digest: d, .. }) = slot;
+                if *d != digest {
+                    return Err(Error::new(
+                        ErrorCode::Conflict,
+                        format!("invocation id `{invocation_id}` was used for a different call"),
+                    )
+                    .with_remediation("use a new invocation id for a new call"));
+                }
+                Ok(match slot {
+                    Slot::Running { attempt, waiters, .. } => {
+                        *waiters = true;
+                        Claim::Running(Waiter { table: Arc::clone(self), key, attempt: *attempt })
+                    }
+                    Slot::Done { outcome, .. } => Claim::Done(Arc::clone(outcome)),
+                })
             }
-            return Ok(match slot {
-                Slot::Running { done, .. } => Claim::Running(done.clone()),
-                Slot::Done { outcome, .. } => Claim::Done(Arc::clone(outcome)),
-            });
+            _ if full => Err(Error::new(ErrorCode::QuotaExceeded, "the idempotency table is full")
+                .with_retry_after(Duration::from_millis(self.window_ms.min(1000)))),
+            entry => {
+                // A running call is kept for the whole window even if it runs long: it is only
+                // queued for eviction once it finishes.
+                let expires = now.saturating_add(self.window_ms);
+                let key = Arc::clone(entry.key());
+                let running = (Slot::Running { digest, attempt, waiters: false }, expires);
+                match entry {
+                    Entry::Occupied(mut entry) => {
+                        entry.insert(running);
+                    }
+                    Entry::Vacant(entry) => {
+                        entry.insert(running);
+                    }
+                }
+                shard.attempts = attempt.wrapping_add(1);
+                Ok(Claim::First(Completer { table: Arc::clone(self), key: Some(key), digest }))
+            }
         }
-        if shard.slots.len() >= self.capacity_per_shard {
-            return Err(Error::new(ErrorCode::QuotaExceeded, "the idempotency table is full")
-                .with_retry_after(Duration::from_millis(self.window_ms.min(1000))));
-        }
-        let (sender, done) = watch::channel(None);
-        // A running call is kept for the whole window even if it runs long.
-        let expires = now.saturating_add(self.window_ms);
-        shard.slots.insert(Arc::clone(&key), (Slot::Running { digest, done }, expires));
-        shard.order.push_back((expires, Arc::clone(&key)));
-        Ok(Claim::First(Completer { table: Arc::clone(self), key: Some(key), digest, sender }))
     }
 
     /// Waits for a running call's outcome; `None` if it was cancelled.
-    pub(crate) async fn wait(mut done: watch::Receiver<Option<Arc<Outcome>>>) -> Option<Arc<Outcome>> {
+    pub(crate) async fn wait(waiter: Waiter) -> Option<Arc<Outcome>> {
+        let guarded = waiter.table.shard(&waiter.key);
         loop {
-            if let Some(outcome) = done.borrow_and_update().clone() {
-                return Some(outcome);
+            // Registered before the slot is looked at, so that an end in between is not missed.
+            let ended = guarded.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            match lock(&guarded.shard).slots.get(&waiter.key) {
+                Some((Slot::Running { attempt, .. }, _)) if *attempt == waiter.attempt => {}
+                Some((Slot::Done { outcome, .. }, _)) => return Some(Arc::clone(outcome)),
+                // Removed (cancelled), or a later attempt: the first one was cancelled.
+                _ => return None,
             }
-            if done.changed().await.is_err() {
-                return done.borrow().clone();
-            }
+            ended.await;
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use aesp_core::ManualClock;
+    use aesp_core::{ManualClock, proto::v1::ToolResult};
 
     use super::*;
 
@@ -279,7 +347,13 @@ mod tests {
     }
 
     fn result(id: &str) -> Outcome {
-        Ok(ToolResult { invocation_id: id.into(), ..ToolResult::default() })
+        use prost::Message as _;
+        Ok(ToolResult { invocation_id: id.into(), ..ToolResult::default() }.encode_to_vec().into())
+    }
+
+    fn invocation_id(outcome: &Outcome) -> String {
+        use prost::Message as _;
+        ToolResult::decode(outcome.as_ref().unwrap().as_ref()).unwrap().invocation_id
     }
 
     #[tokio::test]
@@ -301,7 +375,7 @@ mod tests {
 
         let waiter = tokio::spawn(Idempotency::wait(waiting));
         first.finish(result("i-1"));
-        assert_eq!(waiter.await.unwrap().unwrap().as_ref().as_ref().unwrap().invocation_id, "i-1");
+        assert_eq!(invocation_id(&waiter.await.unwrap().unwrap()), "i-1");
         assert!(matches!(table.begin("acme", "alice", "i-1", [1; 32]).unwrap(), Claim::Done(_)));
 
         // After the window, the id is free again.

@@ -92,17 +92,15 @@ pub(crate) fn fast_id(clock: &dyn Clock) -> IdText {
     let high = (ms << 16) | (0x7 << 12) | rand_a;
     let low = (0b10 << 62) | (bits & 0x3fff_ffff_ffff_ffff);
     let value = (u128::from(high) << 64) | u128::from(low);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = value.to_be_bytes();
     let mut text = [b'-'; 36];
-    let mut nibble = 0;
-    for (i, slot) in text.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
+    // Where each byte's two digits go: 4, 2, 2, 2 and 6 bytes between the hyphens.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    for (byte, at) in bytes.into_iter().zip(AT) {
+        let pair = crate::events::HEX_PAIRS.get(usize::from(byte)).copied().unwrap_or_default();
+        if let Some(slot) = text.get_mut(at..at + 2) {
+            slot.copy_from_slice(&pair);
         }
-        let shift = 124 - 4 * nibble;
-        let digit = usize::try_from((value >> shift) & 0xf).unwrap_or(0);
-        *slot = HEX.get(digit).copied().unwrap_or(b'0');
-        nibble += 1;
     }
     IdText(text)
 }

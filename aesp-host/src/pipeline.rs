@@ -113,7 +113,7 @@ impl<'a> Described<'a> {
 
     fn add_to(&'a self, metadata: &mut Metadata<'a>) {
         metadata.insert("snapshot_digest", self.digest);
-        metadata.insert("snapshot_version", Text::Display(&self.snapshot_version));
+        metadata.insert("snapshot_version", Text::Number(self.snapshot_version));
         metadata.insert("decision", Text::Str(if self.decision.allowed() { "ALLOW" } else { "DENY" }));
         metadata.insert("decision_reason", Text::Str(self.decision.reason()));
         metadata.insert("matched_policies", Text::Display(&self.matched));
@@ -159,7 +159,7 @@ impl Host {
         let ready = self.admit_call(caller, call, admitted).await?;
         let result = self.run(caller, ready).await;
         let recorded: Outcome = match &result {
-            Ok(r) => Ok(r.clone()),
+            Ok(r) => Ok(Bytes::from(r.encode_to_vec())),
             Err(e) => Err(Box::new(e.to_enterprise_error())),
         };
         completer.finish(recorded);
@@ -308,16 +308,26 @@ impl Host {
         input: &[u8],
     ) -> Bytes {
         {
-            let described = Described::new(decision, snapshot, Text::Hex(digest), input);
+            // What `Described::add_to` writes and the call's own entries, in key order, so
+            // that encoding need not sort them.
+            let matched = Matched(decision.matched());
             let mut metadata = Metadata::default();
+            if decision.break_glass() {
+                metadata.insert("break_glass", Text::Str("true"));
+            }
             if let Some(canary) = canary {
                 metadata.insert("canary", Text::Display(canary));
             }
-            metadata.insert("invocation_id", Text::Str(&call.invocation_id));
-            metadata.insert("correlation_id", Text::Str(&call.correlation_id));
             metadata.insert("contract_version", Text::Str(contract.version_text()));
+            metadata.insert("correlation_id", Text::Str(&call.correlation_id));
+            metadata.insert("decision", Text::Str(if decision.allowed() { "ALLOW" } else { "DENY" }));
+            metadata.insert("decision_input", Text::Base64(input));
+            metadata.insert("decision_reason", Text::Str(decision.reason()));
+            metadata.insert("invocation_id", Text::Str(&call.invocation_id));
+            metadata.insert("matched_policies", Text::Display(&matched));
             metadata.insert("runtime_id", Text::Str(held.permit.runtime().id()));
-            described.add_to(&mut metadata);
+            metadata.insert("snapshot_digest", Text::Hex(digest));
+            metadata.insert("snapshot_version", Text::Number(snapshot.version()));
             let risk = Risk(decision.risk_score());
             EventView {
                 event_id: request_id.as_str(),
@@ -331,7 +341,7 @@ impl Host {
                 outcome: "SUCCESS",
                 source_ip: caller.source_ip(),
                 metadata,
-                risk_score: Text::Display(&risk),
+                risk_score: risk.text(),
                 ..EventView::default()
             }
             .encode()
@@ -399,7 +409,7 @@ impl Host {
                 outcome: "DENIED",
                 source_ip: caller.source_ip(),
                 metadata,
-                risk_score: described.as_ref().map_or(Text::Str(""), |(_, risk)| Text::Display(risk)),
+                risk_score: described.as_ref().map_or(Text::Str(""), |(_, risk)| risk.text()),
                 policy_violation: Some(error.code_str()),
                 ..EventView::default()
             }
@@ -569,19 +579,20 @@ impl Host {
         let event_id = fast_id(self.clock().as_ref());
         let execution_time_ms = now.saturating_sub(started);
         let risk = Risk(ready.risk_score);
+        // In key order, so that encoding need not sort them.
         let mut metadata = Metadata::default();
-        metadata.insert("invocation_id", Text::Str(&ids.invocation_id));
-        metadata.insert("correlation_id", Text::Str(&ids.correlation_id));
-        metadata.insert("contract_version", Text::Str(ready.contract.version_text()));
-        metadata.insert("runtime_id", Text::Str(ready.held.permit.runtime().id()));
-        metadata.insert("snapshot_digest", Text::Hex(&ready.snapshot_digest));
-        metadata.insert("execution_time_ms", Text::Display(&execution_time_ms));
         if chunks > 0 {
-            metadata.insert("chunks", Text::Display(&chunks));
+            metadata.insert("chunks", Text::Number(chunks));
         }
+        metadata.insert("contract_version", Text::Str(ready.contract.version_text()));
+        metadata.insert("correlation_id", Text::Str(&ids.correlation_id));
         if let Err(e) = result {
             metadata.insert("error", Text::Str(e.message()));
         }
+        metadata.insert("execution_time_ms", Text::Number(execution_time_ms));
+        metadata.insert("invocation_id", Text::Str(&ids.invocation_id));
+        metadata.insert("runtime_id", Text::Str(ready.held.permit.runtime().id()));
+        metadata.insert("snapshot_digest", Text::Hex(&ready.snapshot_digest));
         EventView {
             event_id: event_id.as_str(),
             timestamp_ms: now,
@@ -594,7 +605,7 @@ impl Host {
             outcome: outcome_of(result),
             source_ip: caller.source_ip(),
             metadata,
-            risk_score: Text::Display(&risk),
+            risk_score: risk.text(),
             policy_violation: result.as_ref().err().map(Error::code_str),
             ..EventView::default()
         }
@@ -611,7 +622,8 @@ fn shrink(buf: &mut Vec<u8>) {
 
 fn replay(outcome: &Outcome) -> Result<ToolResult> {
     match outcome {
-        Ok(result) => Ok(result.clone()),
+        Ok(encoded) => ToolResult::decode(encoded.as_ref())
+            .map_err(|e| Error::internal(format!("a remembered result does not decode: {e}"))),
         Err(e) => Err(Error::from(EnterpriseError::clone(e))),
     }
 }

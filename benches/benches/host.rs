@@ -7,7 +7,10 @@
 //! which the Host validates (cached after its first verification) and turns into the caller.
 //!
 //! `cargo bench -p aesp-benches --bench host` (set `AESP_BENCH_CONCURRENCY`, default 512, for
-//! the number of concurrent callers). Prints throughput, p50 and p99 latency.
+//! the number of concurrent callers, `AESP_BENCH_CALLS` (default 100,000) for the calls of the
+//! fixed run, and `AESP_BENCH_RUNS=plain` or `token` for one run only).
+//! Prints throughput, p50 and p99 latency, and the CPU time per call (all threads, from
+//! `/proc/self/stat`): the figure that tells the pipeline's cost apart from fsync waits.
 #![expect(clippy::expect_used, reason = "a benchmark fails by panicking")]
 
 use std::{
@@ -122,9 +125,25 @@ impl Setup {
     }
 }
 
-/// The fixed run: throughput and the latency distribution, printed.
+/// The CPU time this process has used so far (user and system, all threads), from
+/// `/proc/self/stat`; `None` where that file is not there.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.get(stat.rfind(')')?.saturating_add(2)..)?;
+    let mut fields = rest.split(' ').skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    // Clock ticks of 10 ms (USER_HZ is 100 on Linux).
+    Some(Duration::from_millis(user.saturating_add(system).saturating_mul(10)))
+}
+
+/// The fixed run: throughput, the latency distribution and the CPU time per call, printed.
 fn fixed_run(rt: &tokio::runtime::Runtime, setup: &Arc<Setup>, callers: usize, label: &str) {
-    let (elapsed, mut latencies) = rt.block_on(setup.run(100_000, callers));
+    let calls = std::env::var("AESP_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000u64);
+    let cpu_before = cpu_time();
+    let (elapsed, mut latencies) = rt.block_on(setup.run(calls, callers));
+    let cpu = cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     latencies.sort();
     let pick = |q: f64| {
         #[expect(
@@ -137,12 +156,13 @@ fn fixed_run(rt: &tokio::runtime::Runtime, setup: &Arc<Setup>, callers: usize, l
         latencies.get(i).copied().unwrap_or_default()
     };
     println!(
-        "\nhost pipeline{label}: 100000 calls from {callers} concurrent callers in {:.2} s = {:.0} invocations/s; \
-         latency p50 {:.2} ms, p99 {:.2} ms",
+        "\nhost pipeline{label}: {calls} calls from {callers} concurrent callers in {:.2} s = {:.0} invocations/s; \
+         latency p50 {:.2} ms, p99 {:.2} ms; CPU {:.1} core-µs per call",
         elapsed.as_secs_f64(),
-        100_000.0 / elapsed.as_secs_f64(),
+        calls as f64 / elapsed.as_secs_f64(),
         pick(0.50).as_secs_f64() * 1e3,
         pick(0.99).as_secs_f64() * 1e3,
+        cpu.map_or(f64::NAN, |cpu| cpu.as_secs_f64() * 1e6 / calls as f64),
     );
 }
 
@@ -153,7 +173,12 @@ fn pipeline(c: &mut Criterion) {
     let mut group = c.benchmark_group("host");
     group.throughput(Throughput::Elements(1));
     group.sample_size(10).measurement_time(Duration::from_secs(10));
+    // `AESP_BENCH_RUNS=plain` (or `token`) runs only that one.
+    let runs = std::env::var("AESP_BENCH_RUNS").unwrap_or_default();
     for authenticated in [false, true] {
+        if (runs == "plain" && authenticated) || (runs == "token" && !authenticated) {
+            continue;
+        }
         let mut setup = rt.block_on(setup());
         if authenticated {
             setup = rt.block_on(with_token(setup));

@@ -897,9 +897,8 @@ impl Shared {
         let mut meta = lock(&self.meta);
         meta.leases.check(lease)?;
         check_hash_append(StorageState { size, integrated_size: meta.integrated }, from, to, hashes.len())?;
-        let bytes: Vec<u8> = hashes.iter().flat_map(|h| h.iter().copied()).collect();
         meta.hashes
-            .write_all_at(&bytes, meta.hash_count.saturating_mul(32))
+            .write_all_at(hashes.as_flattened(), meta.hash_count.saturating_mul(32))
             .map_err(|e| io_error("write", HASHES, e))?;
         meta.hash_count = meta.hash_count.saturating_add(hashes.len() as u64);
         meta.integrated = to;
