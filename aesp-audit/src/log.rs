@@ -60,19 +60,37 @@ impl AuditLogOptions {
     }
 }
 
-/// The entries of one append: most carry one, which then needs no vector.
+/// The entries of one append (most carry one, which then needs no vector), each with its
+/// leaf hash, computed by the appending task while the entry is still in its cache.
 enum Entries {
-    One(Bytes),
-    Many(Vec<Bytes>),
+    One(Bytes, Hash),
+    Many(Vec<Bytes>, Vec<Hash>),
 }
 
 impl Entries {
+    fn one(entry: Bytes) -> Self {
+        let leaf = leaf_hash(&entry);
+        Entries::One(entry, leaf)
+    }
+
+    fn many(entries: Vec<Bytes>) -> Self {
+        let leaves = entries.iter().map(|e| leaf_hash(e)).collect();
+        Entries::Many(entries, leaves)
+    }
+
     fn as_slice(&self) -> &[Bytes] {
         match self {
-            Entries::One(entry) => std::slice::from_ref(entry),
-            Entries::Many(entries) => entries,
+            Entries::One(entry, _) => std::slice::from_ref(entry),
+            Entries::Many(entries, _) => entries,
         }
     }
+}
+
+/// A durable group of entries, with their leaf hashes, as the committer hands it to the
+/// index and the integrator.
+struct Batch {
+    entries: Vec<Bytes>,
+    leaves: Vec<Hash>,
 }
 
 struct Request {
@@ -178,7 +196,7 @@ impl AuditLog {
     /// Appends one entry given as its exact bytes (for an event, its canonical encoding);
     /// resolves with its index once it is durable.
     pub async fn append_one(&self, entry: Bytes) -> Result<u64> {
-        self.submit(Entries::One(entry)).await
+        self.submit(Entries::one(entry)).await
     }
 
     /// Appends events as one batch with consecutive indices; resolves once all are durable.
@@ -189,7 +207,7 @@ impl AuditLog {
     /// Appends entries given as their exact bytes (for events, the canonical encoding).
     pub async fn append_encoded(&self, entries: Vec<Bytes>) -> Result<Range<u64>> {
         let count = entries.len() as u64;
-        let first = self.submit(Entries::Many(entries)).await?;
+        let first = self.submit(Entries::many(entries)).await?;
         Ok(first..first.saturating_add(count))
     }
 
@@ -299,13 +317,13 @@ async fn follow(
     storage: Arc<dyn LogStorage>,
     index: Arc<AuditIndex>,
     durable: watch::Receiver<u64>,
-    mut batches: mpsc::Receiver<(u64, Arc<Vec<Bytes>>)>,
+    mut batches: mpsc::Receiver<(u64, Arc<Batch>)>,
 ) {
     let at_open = *durable.borrow();
     // An error here leaves the rest to the next query's catch-up, which reports it.
     let _ = index.catch_up(storage.as_ref(), at_open).await;
-    while let Some((first, entries)) = batches.recv().await {
-        let _ = index.ingest(storage.as_ref(), first, &entries).await;
+    while let Some((first, batch)) = batches.recv().await {
+        let _ = index.ingest(storage.as_ref(), first, &batch.entries).await;
     }
 }
 
@@ -320,15 +338,15 @@ impl Committer {
     async fn run(
         self,
         requests: mpsc::UnboundedReceiver<Request>,
-        batches: mpsc::Sender<(u64, Arc<Vec<Bytes>>)>,
-        index: mpsc::Sender<(u64, Arc<Vec<Bytes>>)>,
+        batches: mpsc::Sender<(u64, Arc<Batch>)>,
+        index: mpsc::Sender<(u64, Arc<Batch>)>,
         durable: watch::Sender<u64>,
     ) {
         let Self { storage, options, permits } = self;
-        commit_loop(storage, options, permits, requests, move |first, all: Vec<Bytes>| {
+        commit_loop(storage, options, permits, requests, move |first, batch: Batch| {
             // One batch, shared by the index and the integrator.
-            let all = Arc::new(all);
-            let end = first.saturating_add(all.len() as u64);
+            let all = Arc::new(batch);
+            let end = first.saturating_add(all.entries.len() as u64);
             durable.send_if_modified(|size| {
                 let grew = end > *size;
                 *size = (*size).max(end);
@@ -347,7 +365,7 @@ async fn commit_loop(
     options: Arc<AuditLogOptions>,
     permits: Arc<Semaphore>,
     mut requests: mpsc::UnboundedReceiver<Request>,
-    mut committed: impl FnMut(u64, Vec<Bytes>),
+    mut committed: impl FnMut(u64, Batch),
 ) {
     let mut carry: Option<Request> = None;
     // Per request of the group: its reply and how many entries it brought.
@@ -360,7 +378,9 @@ async fn commit_loop(
                 None => return,
             },
         };
-        let mut all: Vec<Bytes> = Vec::with_capacity(requests.len().saturating_add(1));
+        let capacity = requests.len().saturating_add(1);
+        let mut all: Vec<Bytes> = Vec::with_capacity(capacity);
+        let mut leaves: Vec<Hash> = Vec::with_capacity(capacity);
         let mut bytes = 0usize;
         let mut next = Some(first);
         let deadline = tokio::time::Instant::now() + options.max_delay;
@@ -377,8 +397,14 @@ async fn commit_loop(
             bytes += b;
             group.push((r.reply, entries.len() as u64));
             match r.entries {
-                Entries::One(entry) => all.push(entry),
-                Entries::Many(entries) => all.extend(entries),
+                Entries::One(entry, leaf) => {
+                    all.push(entry);
+                    leaves.push(leaf);
+                }
+                Entries::Many(entries, hashes) => {
+                    all.extend(entries);
+                    leaves.extend(hashes);
+                }
             }
             next = match requests.try_recv() {
                 Ok(r) => Some(r),
@@ -392,7 +418,7 @@ async fn commit_loop(
         match storage.append(&all).await {
             Ok(first_index) => {
                 // Before the replies: once an append returns, readers see it.
-                committed(first_index, all);
+                committed(first_index, Batch { entries: all, leaves });
                 let mut index = first_index;
                 for (reply, n) in group.drain(..) {
                     let _ = reply.send(Ok(index));
@@ -483,7 +509,7 @@ impl Integrator {
 
     async fn run(
         mut self,
-        mut batches: mpsc::Receiver<(u64, Arc<Vec<Bytes>>)>,
+        mut batches: mpsc::Receiver<(u64, Arc<Batch>)>,
         mut commands: mpsc::Receiver<Command>,
     ) {
         let mut tick = tokio::time::interval(self.options.checkpoint_interval);
@@ -491,8 +517,8 @@ impl Integrator {
         loop {
             tokio::select! {
                 batch = batches.recv() => {
-                    let Some((first, entries)) = batch else { break };
-                    if self.integrate_batch(first, &entries).await.is_ok()
+                    let Some((first, batch)) = batch else { break };
+                    if self.integrate_batch(first, &batch.leaves).await.is_ok()
                         && self.edge.size().saturating_sub(self.checkpointed) >= self.options.checkpoint_every
                     {
                         let _ = self.sign().await;
@@ -535,10 +561,11 @@ impl Integrator {
         Ok(lease)
     }
 
-    async fn integrate_batch(&mut self, first: u64, entries: &[Bytes]) -> Result<()> {
+    /// Integrates a durable batch starting at `first`, given by its leaf hashes.
+    async fn integrate_batch(&mut self, first: u64, leaves: &[Hash]) -> Result<()> {
         self.hold().await?;
         let size = self.edge.size();
-        let end = first.saturating_add(entries.len() as u64);
+        let end = first.saturating_add(leaves.len() as u64);
         if end <= size {
             return Ok(());
         }
@@ -546,7 +573,7 @@ impl Integrator {
             self.integrate_to(first).await?;
         }
         let skip = usize::try_from(self.edge.size().saturating_sub(first)).unwrap_or(usize::MAX);
-        self.add(entries.get(skip..).unwrap_or_default()).await
+        self.add(leaves.get(skip..).unwrap_or_default()).await
     }
 
     async fn integrate_to(&mut self, target: u64) -> Result<()> {
@@ -555,13 +582,15 @@ impl Integrator {
             if entries.is_empty() {
                 return Err(Error::internal("the storage returned no entries"));
             }
-            self.add(&entries).await?;
+            let leaves: Vec<Hash> = entries.iter().map(|e| leaf_hash(e)).collect();
+            self.add(&leaves).await?;
         }
         Ok(())
     }
 
-    async fn add(&mut self, entries: &[Bytes]) -> Result<()> {
-        if entries.is_empty() {
+    /// Adds leaves, given by their hashes, to the tree and stores its new hashes.
+    async fn add(&mut self, leaves: &[Hash]) -> Result<()> {
+        if leaves.is_empty() {
             return Ok(());
         }
         let lease = self.hold().await?;
@@ -569,8 +598,8 @@ impl Integrator {
         let mut edge = self.edge.clone();
         let mut hashes = std::mem::take(&mut self.hashes);
         hashes.clear();
-        for entry in entries {
-            edge.push(leaf_hash(entry), |h| hashes.push(*h));
+        for leaf in leaves {
+            edge.push(*leaf, |h| hashes.push(*h));
         }
         let result = self.storage.append_hashes(&lease, from, edge.size(), &hashes).await;
         self.hashes = hashes;

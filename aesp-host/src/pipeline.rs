@@ -250,10 +250,28 @@ impl Host {
 
     /// Runs every check and encodes the START event; on refusal, audits it and returns the
     /// error.
-    async fn admit_call(&self, caller: &Caller, mut call: ToolCall, admitted: Admitted) -> Result<Ready> {
+    async fn admit_call(&self, caller: &Caller, call: ToolCall, admitted: Admitted) -> Result<Ready> {
+        match self.prepare(caller, call, admitted) {
+            Ok(ready) => Ok(ready),
+            // Boxed: the rare path's state stays out of every call's future.
+            Err(refused) => {
+                let (call, (error, decision)) = *refused;
+                Err(Box::pin(self.refuse(caller, call, error, decision)).await)
+            }
+        }
+    }
+
+    /// The checks and the START event of [`admit_call`](Self::admit_call), without awaiting
+    /// anything; a refusal comes back with the call for its audit event.
+    fn prepare(
+        &self,
+        caller: &Caller,
+        mut call: ToolCall,
+        admitted: Admitted,
+    ) -> std::result::Result<Ready, Box<(ToolCall, Refusal)>> {
         let checked = match self.checks(caller, &call, admitted) {
             Ok(checked) => checked,
-            Err((error, decision)) => return Err(self.refuse(caller, call, error, decision).await),
+            Err(refusal) => return Err(Box::new((call, refusal))),
         };
         let Checked { contract, request_id, canary, decision, snapshot, mut request, deadline, held } =
             checked;
@@ -515,17 +533,14 @@ impl Host {
         self.record_encoded(std::mem::take(&mut ready.start)).await?;
         let started = self.clock().now_ms();
         let transport = Arc::clone(ready.held.permit.runtime().transport());
-        // What COMPLETE repeats of the call, which goes to the runtime.
-        let ids = ToolCall {
-            invocation_id: ready.call.invocation_id.clone(),
-            correlation_id: ready.call.correlation_id.clone(),
-            ..ToolCall::default()
-        };
+        // The call goes to the runtime; what COMPLETE repeats of it (its ids) stays.
         let call = std::mem::take(&mut ready.call);
+        ready.call.invocation_id.clone_from(&call.invocation_id);
+        ready.call.correlation_id.clone_from(&call.correlation_id);
         let mut result = transport.invoke(call, ready.deadline).await;
         if let Ok(r) = &mut result {
             if r.correlation_id.is_empty() {
-                r.correlation_id.clone_from(&ids.correlation_id);
+                r.correlation_id.clone_from(&ready.call.correlation_id);
             }
             if r.status() == ToolResultStatus::Success
                 && let Some(returns) = ready.contract.returns()
@@ -546,8 +561,8 @@ impl Host {
                 }
             }
         }
-        self.complete(caller, &ready, &ids, &result, started, 0).await?;
-        result.map_err(|e| e.with_correlation_id(ids.correlation_id))
+        self.complete(caller, &ready, &ready.call, &result, started, 0).await?;
+        result.map_err(|e| e.with_correlation_id(std::mem::take(&mut ready.call.correlation_id)))
     }
 
     /// Audits COMPLETE (durably) for the call `ids` names (its invocation and correlation
