@@ -121,31 +121,31 @@ impl std::fmt::Debug for Idempotency {
 }
 
 /// What [`Idempotency::begin`] found.
-pub(crate) enum Claim {
+pub(crate) enum Claim<'t> {
     /// This is the first call: run it and [`Completer::finish`] with the outcome.
-    First(Completer),
+    First(Completer<'t>),
     /// The same call is running: [`Idempotency::wait`] for its outcome.
-    Running(Waiter),
+    Running(Waiter<'t>),
     /// The same call completed: its outcome.
     Done(Arc<Outcome>),
 }
 
 /// A repeat waiting for the first attempt of its call.
-pub(crate) struct Waiter {
-    table: Arc<Idempotency>,
+pub(crate) struct Waiter<'t> {
+    table: &'t Idempotency,
     key: Key,
     attempt: u64,
 }
 
 /// The obligation of the first call to record its outcome; dropping it unfinished (the call
 /// was cancelled) forgets the entry so a retry runs afresh.
-pub(crate) struct Completer {
-    table: Arc<Idempotency>,
+pub(crate) struct Completer<'t> {
+    table: &'t Idempotency,
     key: Option<Key>,
     digest: [u8; 32],
 }
 
-impl Completer {
+impl Completer<'_> {
     /// Records the outcome and wakes the waiting repeats.
     pub(crate) fn finish(mut self, outcome: Outcome) -> Arc<Outcome> {
         let outcome = Arc::new(outcome);
@@ -176,7 +176,7 @@ impl Completer {
     }
 }
 
-impl Drop for Completer {
+impl Drop for Completer<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
             let guarded = self.table.shard(&key);
@@ -215,12 +215,12 @@ impl Idempotency {
 
     /// Claims `invocation_id` for (`tenant`, `principal`) with the call's `digest`.
     pub(crate) fn begin(
-        self: &Arc<Self>,
+        &self,
         tenant: &str,
         principal: &str,
         invocation_id: &str,
         digest: [u8; 32],
-    ) -> Result<Claim> {
+    ) -> Result<Claim<'_>> {
         let key = key(tenant, principal, invocation_id);
         let now = self.clock.now_ms();
         let mut shard = lock(&self.shard(&key).shard);
@@ -256,7 +256,7 @@ impl Idempotency {
                 Ok(match slot {
                     Slot::Running { attempt, waiters, .. } => {
                         *waiters = true;
-                        Claim::Running(Waiter { table: Arc::clone(self), key, attempt: *attempt })
+                        Claim::Running(Waiter { table: self, key, attempt: *attempt })
                     }
                     Slot::Done { outcome, .. } => Claim::Done(Arc::clone(outcome)),
                 })
@@ -278,13 +278,13 @@ impl Idempotency {
                     }
                 }
                 shard.attempts = attempt.wrapping_add(1);
-                Ok(Claim::First(Completer { table: Arc::clone(self), key: Some(key), digest }))
+                Ok(Claim::First(Completer { table: self, key: Some(key), digest }))
             }
         }
     }
 
     /// Waits for a running call's outcome; `None` if it was cancelled.
-    pub(crate) async fn wait(waiter: Waiter) -> Option<Arc<Outcome>> {
+    pub(crate) async fn wait(waiter: Waiter<'_>) -> Option<Arc<Outcome>> {
         let guarded = waiter.table.shard(&waiter.key);
         loop {
             // Registered before the slot is looked at, so that an end in between is not missed.
@@ -373,9 +373,12 @@ mod tests {
         assert!(matches!(table.begin("acme", "bob", "i-1", [2; 32]).unwrap(), Claim::First(_)));
         assert!(matches!(table.begin("globex", "alice", "i-1", [2; 32]).unwrap(), Claim::First(_)));
 
-        let waiter = tokio::spawn(Idempotency::wait(waiting));
-        first.finish(result("i-1"));
-        assert_eq!(invocation_id(&waiter.await.unwrap().unwrap()), "i-1");
+        // The waiter waits first; the first attempt finishes while it does.
+        let (waited, ()) = tokio::join!(Idempotency::wait(waiting), async {
+            tokio::task::yield_now().await;
+            first.finish(result("i-1"));
+        });
+        assert_eq!(invocation_id(&waited.unwrap()), "i-1");
         assert!(matches!(table.begin("acme", "alice", "i-1", [1; 32]).unwrap(), Claim::Done(_)));
 
         // After the window, the id is free again.

@@ -443,8 +443,8 @@ impl Host {
     ) -> std::result::Result<Checked, Refusal> {
         let inner = &self.inner;
         let tenant = inner.tenants.active(caller.tenant_id()).map_err(|e| (e, None))?;
-        let (session, active) =
-            inner.sessions.begin_invocation(caller, &call.session_id).map_err(|e| (e, None))?;
+        let active = inner.sessions.begin_invocation(caller, &call.session_id).map_err(|e| (e, None))?;
+        let session = active.session();
         let contract = self.resolve_contract(caller, call).map_err(|e| (e, None))?;
         let params = contract
             .parameters()
@@ -455,14 +455,14 @@ impl Host {
         // as the id of the START event.
         let request_id = fast_id(self.clock().as_ref());
         let mut request = REQUEST.with_borrow_mut(std::mem::take);
-        fill_request(&mut request, caller, &tenant, &contract, &session, params, self.clock().now_ms(), call);
+        fill_request(&mut request, caller, &tenant, &contract, session, params, self.clock().now_ms(), call);
         #[cfg(debug_assertions)]
         {
             let fresh = policy_request(
                 caller,
                 &tenant,
                 &contract,
-                &session,
+                session,
                 request.params.clone(),
                 request.time_ms,
                 call,
@@ -532,12 +532,11 @@ impl Host {
     async fn run(&self, caller: &Caller, mut ready: Ready) -> Result<ToolResult> {
         self.record_encoded(std::mem::take(&mut ready.start)).await?;
         let started = self.clock().now_ms();
-        let transport = Arc::clone(ready.held.permit.runtime().transport());
         // The call goes to the runtime; what COMPLETE repeats of it (its ids) stays.
         let call = std::mem::take(&mut ready.call);
         ready.call.invocation_id.clone_from(&call.invocation_id);
         ready.call.correlation_id.clone_from(&call.correlation_id);
-        let mut result = transport.invoke(call, ready.deadline).await;
+        let mut result = ready.held.permit.runtime().transport().invoke(call, ready.deadline).await;
         if let Ok(r) = &mut result {
             if r.correlation_id.is_empty() {
                 r.correlation_id.clone_from(&ready.call.correlation_id);
