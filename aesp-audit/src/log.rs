@@ -196,7 +196,8 @@ impl AuditLog {
     /// Appends one entry given as its exact bytes (for an event, its canonical encoding);
     /// resolves with its index once it is durable.
     pub async fn append_one(&self, entry: Bytes) -> Result<u64> {
-        self.submit(Entries::one(entry)).await
+        let count = self.check_batch(std::slice::from_ref(&entry))?;
+        self.submit(Entries::one(entry), count).await
     }
 
     /// Appends events as one batch with consecutive indices; resolves once all are durable.
@@ -206,15 +207,14 @@ impl AuditLog {
 
     /// Appends entries given as their exact bytes (for events, the canonical encoding).
     pub async fn append_encoded(&self, entries: Vec<Bytes>) -> Result<Range<u64>> {
-        let count = entries.len() as u64;
-        let first = self.submit(Entries::many(entries)).await?;
-        Ok(first..first.saturating_add(count))
+        let count = self.check_batch(&entries)?;
+        let first = self.submit(Entries::many(entries), count).await?;
+        Ok(first..first.saturating_add(u64::from(count)))
     }
 
-    /// Queues `entries` for the committer and resolves with the first one's index once all
-    /// are durable.
-    async fn submit(&self, entries: Entries) -> Result<u64> {
-        let all = entries.as_slice();
+    /// The number of `entries`, if they are within the limits of one append (checked before
+    /// anything is hashed).
+    fn check_batch(&self, all: &[Bytes]) -> Result<u32> {
         let count = all.len();
         if count == 0 {
             return Err(Error::invalid_argument("nothing to append"));
@@ -226,7 +226,12 @@ impl AuditLog {
                 self.options.max_batch_entries, self.options.max_batch_bytes
             )));
         }
-        let count = u32::try_from(count).map_err(|_| Error::invalid_argument("batch too large"))?;
+        u32::try_from(count).map_err(|_| Error::invalid_argument("batch too large"))
+    }
+
+    /// Queues `count` checked entries for the committer and resolves with the first one's
+    /// index once all are durable.
+    async fn submit(&self, entries: Entries, count: u32) -> Result<u64> {
         // The committer gives the permits back once the entries are written (or failed).
         self.permits
             .acquire_many(count)

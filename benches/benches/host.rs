@@ -10,7 +10,9 @@
 //! the number of concurrent callers, `AESP_BENCH_CALLS` (default 100,000) for the calls of the
 //! fixed run, and `AESP_BENCH_RUNS=plain` or `token` for one run only).
 //! Prints throughput, p50 and p99 latency, and the CPU time per call (all threads, from
-//! `/proc/self/stat`): the figure that tells the pipeline's cost apart from fsync waits.
+//! `/proc/self/stat`): the figure that tells the pipeline's cost apart from fsync waits. For a
+//! figure the machine's other load does not move, `benches/instructions.sh` counts the
+//! instructions per call under valgrind.
 #![expect(clippy::expect_used, reason = "a benchmark fails by panicking")]
 
 use std::{
