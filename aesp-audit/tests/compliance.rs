@@ -16,7 +16,7 @@ use aesp_core::{
     proto::v1::{AuditEvent, ComplianceFramework, ComplianceReport, ControlStatus},
 };
 use bytes::Bytes;
-use common::{ORIGIN, open_log, signer};
+use common::{ORIGIN, Rng, open_log, signer};
 use prost::Message as _;
 
 const FRAMEWORKS: [ComplianceFramework; 6] = [
@@ -58,23 +58,6 @@ const OUTCOMES: [&str; 4] = ["SUCCESS", "FAILURE", "DENIED", "ERROR"];
 const BASE_MS: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 const DAY_MS: u64 = 86_400_000;
 const HOSTILE: &str = "<script>alert('x')</script>\"&";
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        let at = usize::try_from(self.below(items.len() as u64)).unwrap_or(0);
-        items.get(at).copied().unwrap_or_default()
-    }
-}
 
 /// Random events over ten days, three tenants, every event type and outcome.
 fn random_events(seed: u64, count: u64) -> Vec<AuditEvent> {

@@ -19,29 +19,13 @@ use aesp_core::{
     proto::v1::{self as proto, AuditEvent, AuditExportChunk},
 };
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use common::{open_log, signer};
+use common::{Rng, open_log, signer};
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 
 const FORMATS: [ExportFormat; 3] = [ExportFormat::JsonLines, ExportFormat::Csv, ExportFormat::Cef];
 const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
 const T0: u64 = 1_700_000_000_000;
-
-/// A small deterministic generator (xorshift), so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[(self.next() % items.len() as u64) as usize]
-    }
-}
 
 /// Strings that each format has to escape or quote.
 const AWKWARD: [&str; 12] = [

@@ -2,7 +2,6 @@
 //! statistics, the index rebuilt from the log, live subscriptions that lag and resume, and
 //! pruning that keeps every remaining proof and whole-log verification valid.
 #![expect(clippy::unwrap_used, reason = "test helpers fail by panicking")]
-#![expect(clippy::indexing_slicing, reason = "test helpers index small fixed tables")]
 
 mod common;
 
@@ -14,28 +13,8 @@ use aesp_audit::{
     leaf_hash, verify_inclusion, verify_log,
 };
 use aesp_core::{ErrorCode, proto::v1::AuditEvent};
-use common::{ORIGIN, open_log, signer};
+use common::{ORIGIN, Rng, open_log, signer};
 use prost::Message as _;
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
-        from[self.below(from.len() as u64) as usize]
-    }
-}
 
 const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
 const TYPES: [&str; 5] = [

@@ -172,26 +172,26 @@ pub(crate) struct Metadata<'a> {
 }
 
 impl<'a> Metadata<'a> {
-    /// Adds an entry; `key` must not be in the metadata already.
+    /// Adds an entry in key order (the order a `BTreeMap` encodes); `key` must not be in the
+    /// metadata already. Entries added in key order are appended without moving any.
     pub(crate) fn insert(&mut self, key: &'a str, value: Text<'a>) {
         debug_assert!(self.len < MAX_METADATA, "an event has more than {MAX_METADATA} metadata entries");
         debug_assert!(self.entries().iter().all(|(k, _)| *k != key), "metadata key `{key}` twice");
-        if let Some(slot) = self.entries.get_mut(self.len) {
-            *slot = (key, value);
+        let at = self.entries().iter().rposition(|(k, _)| *k < key).map_or(0, |i| i + 1);
+        if let Some(shifted) = self.entries.get_mut(at..=self.len) {
+            // Moves the entries from `at` on one place up, into the free place at the end (an
+            // entry added in key order moves none).
+            let last = shifted.len() - 1;
+            shifted.copy_within(..last, 1);
+            if let Some(slot) = shifted.first_mut() {
+                *slot = (key, value);
+            }
             self.len += 1;
         }
     }
 
     fn entries(&self) -> &[(&'a str, Text<'a>)] {
         self.entries.get(..self.len).unwrap_or_default()
-    }
-
-    fn sort(&mut self) {
-        if let Some(entries) = self.entries.get_mut(..self.len)
-            && !entries.is_sorted_by(|a, b| a.0 <= b.0)
-        {
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        }
     }
 }
 
@@ -274,8 +274,7 @@ impl EventView<'_> {
     }
 
     /// Encodes, measuring every text first to allocate exactly once.
-    fn encode_measured(mut self) -> Bytes {
-        self.metadata.sort();
+    fn encode_measured(self) -> Bytes {
         let mut value_lens = [0usize; MAX_METADATA];
         for (len, (_, value)) in value_lens.iter_mut().zip(self.metadata.entries()) {
             *len = value.len();

@@ -24,7 +24,7 @@ use aesp_policy::{
     Change, Engine, EngineConfig, LifecycleConfig, PolicyLifecycle, Schema, Stage, VersionInfo,
 };
 use aesp_store::EmbeddedStore;
-use prost::bytes::Bytes;
+use prost::{Message as _, bytes::Bytes};
 
 use crate::{
     caller::Caller,
@@ -452,7 +452,13 @@ impl Host {
     /// Writes an audit event durably; if the audit log cannot take it, the operation it
     /// records is refused (`AUDIT_REQUIREMENT_NOT_MET`).
     pub(crate) async fn record(&self, event: &AuditEvent) -> Result<u64> {
-        self.inner.audit.append(event).await.map_err(|e| {
+        self.record_encoded(Bytes::from(event.encode_to_vec())).await
+    }
+
+    /// Writes an audit event given as its canonical encoding (an `AuditEvent`'s exact bytes)
+    /// durably, as [`record`](Self::record) does.
+    pub(crate) async fn record_encoded(&self, event: Bytes) -> Result<u64> {
+        self.inner.audit.append_one(event).await.map_err(|e| {
             Error::new(
                 ErrorCode::AuditRequirementNotMet,
                 "the audit log cannot record this operation, so it was refused",
@@ -460,20 +466,6 @@ impl Host {
             .with_source(e)
             .with_remediation("retry once the audit log is available")
         })
-    }
-
-    /// Writes an audit event given as its canonical encoding (an `AuditEvent`'s exact bytes)
-    /// durably, as [`record`](Self::record) does.
-    pub(crate) async fn record_encoded(&self, event: Bytes) -> Result<u64> {
-        match self.inner.audit.append_one(event).await {
-            Ok(index) => Ok(index),
-            Err(e) => Err(Error::new(
-                ErrorCode::AuditRequirementNotMet,
-                "the audit log cannot record this operation, so it was refused",
-            )
-            .with_source(e)
-            .with_remediation("retry once the audit log is available")),
-        }
     }
 
     /// Checks that `caller` holds `permission` in its tenant (through the active snapshot's
@@ -575,10 +567,26 @@ impl Host {
     ) -> Result<()> {
         let resource = format!("role:{role_id}");
         self.require_in(caller, tenant, permissions::ROLES_ASSIGN, &resource).await?;
-        let event =
+        let mut event =
             self.inner.lifecycle.assign_role(caller.principal_id(), tenant, principal_id, role_id).await?;
-        let mut event = event;
         "IDENTITY_ASSIGN_ROLE".clone_into(&mut event.event_type);
+        self.record(&event).await.map(drop)
+    }
+
+    /// Takes a role of `tenant` from a principal of `tenant` (audited as
+    /// `IDENTITY_REVOKE_ROLE`).
+    pub async fn revoke_role(
+        &self,
+        caller: &Caller,
+        tenant: &str,
+        principal_id: &str,
+        role_id: &str,
+    ) -> Result<()> {
+        let resource = format!("role:{role_id}");
+        self.require_in(caller, tenant, permissions::ROLES_ASSIGN, &resource).await?;
+        let mut event =
+            self.inner.lifecycle.unassign_role(caller.principal_id(), tenant, principal_id, role_id).await?;
+        "IDENTITY_REVOKE_ROLE".clone_into(&mut event.event_type);
         self.record(&event).await.map(drop)
     }
 

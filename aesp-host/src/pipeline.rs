@@ -112,15 +112,15 @@ impl<'a> Described<'a> {
     }
 
     fn add_to(&'a self, metadata: &mut Metadata<'a>) {
-        metadata.insert("snapshot_digest", self.digest);
-        metadata.insert("snapshot_version", Text::Number(self.snapshot_version));
-        metadata.insert("decision", Text::Str(if self.decision.allowed() { "ALLOW" } else { "DENY" }));
-        metadata.insert("decision_reason", Text::Str(self.decision.reason()));
-        metadata.insert("matched_policies", Text::Display(&self.matched));
-        metadata.insert("decision_input", Text::Base64(self.input));
         if self.decision.break_glass() {
             metadata.insert("break_glass", Text::Str("true"));
         }
+        metadata.insert("decision", Text::Str(if self.decision.allowed() { "ALLOW" } else { "DENY" }));
+        metadata.insert("decision_input", Text::Base64(self.input));
+        metadata.insert("decision_reason", Text::Str(self.decision.reason()));
+        metadata.insert("matched_policies", Text::Display(&self.matched));
+        metadata.insert("snapshot_digest", self.digest);
+        metadata.insert("snapshot_version", Text::Number(self.snapshot_version));
     }
 }
 
@@ -185,7 +185,7 @@ impl Host {
             Ok(stream) => stream,
             Err(e) => {
                 let failed: Result<ToolResult> = Err(Error::new(e.code(), e.message().to_owned()));
-                self.complete(caller, &ready, &ready.call, &failed, started, 0).await?;
+                self.complete(caller, &ready, &failed, started, 0).await?;
                 return Err(e);
             }
         };
@@ -198,7 +198,6 @@ impl Host {
                     return None;
                 }
                 let item = stream.next().await;
-                let call = &ready.call;
                 let (item, finished) = match item {
                     Some(Ok(chunk)) if !chunk.is_final => (Ok(chunk), false),
                     Some(Ok(chunk)) => {
@@ -207,14 +206,14 @@ impl Host {
                             status: ToolResultStatus::Success as i32,
                             ..ToolResult::default()
                         });
-                        match host.complete(&caller, &ready, call, &ok, started, chunks + 1).await {
+                        match host.complete(&caller, &ready, &ok, started, chunks + 1).await {
                             Ok(()) => (Ok(chunk), true),
                             Err(e) => (Err(e), true),
                         }
                     }
                     Some(Err(e)) => {
                         let failed: Result<ToolResult> = Err(Error::new(e.code(), e.message().to_owned()));
-                        match host.complete(&caller, &ready, call, &failed, started, chunks).await {
+                        match host.complete(&caller, &ready, &failed, started, chunks).await {
                             Ok(()) => (Err(e), true),
                             Err(audit) => (Err(audit), true),
                         }
@@ -225,7 +224,7 @@ impl Host {
                             "the stream ended without a final chunk",
                         );
                         let failed: Result<ToolResult> = Err(Error::new(e.code(), e.message().to_owned()));
-                        match host.complete(&caller, &ready, call, &failed, started, chunks).await {
+                        match host.complete(&caller, &ready, &failed, started, chunks).await {
                             Ok(()) => (Err(e), true),
                             Err(audit) => (Err(audit), true),
                         }
@@ -326,26 +325,16 @@ impl Host {
         input: &[u8],
     ) -> Bytes {
         {
-            // What `Described::add_to` writes and the call's own entries, in key order, so
-            // that encoding need not sort them.
-            let matched = Matched(decision.matched());
+            let described = Described::new(decision, snapshot, Text::Hex(digest), input);
             let mut metadata = Metadata::default();
-            if decision.break_glass() {
-                metadata.insert("break_glass", Text::Str("true"));
-            }
             if let Some(canary) = canary {
                 metadata.insert("canary", Text::Display(canary));
             }
             metadata.insert("contract_version", Text::Str(contract.version_text()));
             metadata.insert("correlation_id", Text::Str(&call.correlation_id));
-            metadata.insert("decision", Text::Str(if decision.allowed() { "ALLOW" } else { "DENY" }));
-            metadata.insert("decision_input", Text::Base64(input));
-            metadata.insert("decision_reason", Text::Str(decision.reason()));
             metadata.insert("invocation_id", Text::Str(&call.invocation_id));
-            metadata.insert("matched_policies", Text::Display(&matched));
             metadata.insert("runtime_id", Text::Str(held.permit.runtime().id()));
-            metadata.insert("snapshot_digest", Text::Hex(digest));
-            metadata.insert("snapshot_version", Text::Number(snapshot.version()));
+            described.add_to(&mut metadata);
             let risk = Risk(decision.risk_score());
             EventView {
                 event_id: request_id.as_str(),
@@ -560,22 +549,21 @@ impl Host {
                 }
             }
         }
-        self.complete(caller, &ready, &ready.call, &result, started, 0).await?;
+        self.complete(caller, &ready, &result, started, 0).await?;
         result.map_err(|e| e.with_correlation_id(std::mem::take(&mut ready.call.correlation_id)))
     }
 
-    /// Audits COMPLETE (durably) for the call `ids` names (its invocation and correlation
-    /// ids).
+    /// Audits COMPLETE (durably) for the call of `ready` (whose invocation and correlation ids
+    /// `ready.call` keeps once the call has gone to the runtime).
     async fn complete(
         &self,
         caller: &Caller,
         ready: &Ready,
-        ids: &ToolCall,
         result: &Result<ToolResult>,
         started: u64,
         chunks: u64,
     ) -> Result<()> {
-        let event = self.complete_event(caller, ready, ids, result, started, chunks);
+        let event = self.complete_event(caller, ready, result, started, chunks);
         self.record_encoded(event).await.map(drop)
     }
 
@@ -584,7 +572,6 @@ impl Host {
         &self,
         caller: &Caller,
         ready: &Ready,
-        ids: &ToolCall,
         result: &Result<ToolResult>,
         started: u64,
         chunks: u64,
@@ -593,18 +580,17 @@ impl Host {
         let event_id = fast_id(self.clock().as_ref());
         let execution_time_ms = now.saturating_sub(started);
         let risk = Risk(ready.risk_score);
-        // In key order, so that encoding need not sort them.
         let mut metadata = Metadata::default();
         if chunks > 0 {
             metadata.insert("chunks", Text::Number(chunks));
         }
         metadata.insert("contract_version", Text::Str(ready.contract.version_text()));
-        metadata.insert("correlation_id", Text::Str(&ids.correlation_id));
+        metadata.insert("correlation_id", Text::Str(&ready.call.correlation_id));
         if let Err(e) = result {
             metadata.insert("error", Text::Str(e.message()));
         }
         metadata.insert("execution_time_ms", Text::Number(execution_time_ms));
-        metadata.insert("invocation_id", Text::Str(&ids.invocation_id));
+        metadata.insert("invocation_id", Text::Str(&ready.call.invocation_id));
         metadata.insert("runtime_id", Text::Str(ready.held.permit.runtime().id()));
         metadata.insert("snapshot_digest", Text::Hex(&ready.snapshot_digest));
         EventView {

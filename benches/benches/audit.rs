@@ -10,11 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aesp_audit::{
-    AuditLog, AuditLogOptions, LogStorage, NoteSigner, OsFileSystem, SegmentOptions, SegmentStorage,
-    VerifyOptions, leaf_hash, verify_inclusion, verify_log,
-};
-use aesp_core::Ed25519Signer;
+use aesp_audit::{VerifyOptions, leaf_hash, verify_inclusion, verify_log};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -30,28 +26,10 @@ fn event_bytes(i: u64) -> Bytes {
     Bytes::from(v)
 }
 
-fn signer() -> NoteSigner {
-    NoteSigner::new("bench.example/log", Arc::new(Ed25519Signer::from_seed(&[5; 32]))).unwrap()
-}
-
 fn dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-async fn open(path: &PathBuf) -> (Arc<dyn LogStorage>, AuditLog) {
-    let storage: Arc<dyn LogStorage> = Arc::new(
-        SegmentStorage::open(Arc::new(OsFileSystem::new(path).unwrap()), SegmentOptions::default())
-            .await
-            .unwrap(),
-    );
-    let mut options = AuditLogOptions::new("bench.example/log");
-    options.max_batch_entries = 64 * 1024;
-    options.max_batch_bytes = 30 << 20;
-    options.max_pending_entries = 256 * 1024;
-    let log = AuditLog::open(Arc::clone(&storage), signer(), options).await.unwrap();
-    (storage, log)
 }
 
 fn hashing(c: &mut Criterion) {
@@ -71,7 +49,7 @@ fn hashing(c: &mut Criterion) {
 fn appends(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let path = dir("audit-append");
-    let (_storage, log) = rt.block_on(open(&path));
+    let (_storage, log) = rt.block_on(aesp_benches::open_segment_log(&path));
     let batch: Vec<Bytes> = (0..BATCH as u64).map(event_bytes).collect();
     let mut group = c.benchmark_group("audit/durable_append");
     group.throughput(Throughput::Elements((APPENDERS * BATCH) as u64));
@@ -107,7 +85,7 @@ fn appends(c: &mut Criterion) {
 fn million(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let path = dir("audit-million");
-    let (storage, log) = rt.block_on(open(&path));
+    let (storage, log) = rt.block_on(aesp_benches::open_segment_log(&path));
     let start = Instant::now();
     rt.block_on(async {
         let mut next = 0u64;

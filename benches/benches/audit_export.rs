@@ -5,13 +5,14 @@
 #![expect(clippy::unwrap_used, reason = "benchmark setup fails by panicking")]
 #![expect(clippy::indexing_slicing, reason = "event fields are picked modulo the table length")]
 
-use std::{hint::black_box, path::PathBuf, sync::Arc, time::Duration};
-
-use aesp_audit::{
-    AuditFilter, AuditLog, AuditLogOptions, ExportFormat, ExportOptions, LogStorage, NoteSigner,
-    OsFileSystem, SegmentOptions, SegmentStorage,
+use std::{
+    hint::black_box,
+    path::{Path, PathBuf},
+    time::Duration,
 };
-use aesp_core::{Ed25519Signer, proto::v1::AuditEvent};
+
+use aesp_audit::{AuditFilter, AuditLog, ExportFormat, ExportOptions};
+use aesp_core::proto::v1::AuditEvent;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const EVENTS: u64 = 100_000;
@@ -52,14 +53,8 @@ fn dir(name: &str) -> PathBuf {
     dir
 }
 
-async fn build(path: &PathBuf) -> AuditLog {
-    let storage: Arc<dyn LogStorage> = Arc::new(
-        SegmentStorage::open(Arc::new(OsFileSystem::new(path).unwrap()), SegmentOptions::default())
-            .await
-            .unwrap(),
-    );
-    let signer = NoteSigner::new("bench.example/log", Arc::new(Ed25519Signer::from_seed(&[5; 32]))).unwrap();
-    let log = AuditLog::open(storage, signer, AuditLogOptions::new("bench.example/log")).await.unwrap();
+async fn build(path: &Path) -> AuditLog {
+    let (_, log) = aesp_benches::open_segment_log(path).await;
     let mut next = 0u64;
     while next < EVENTS {
         let end = (next + 10_000).min(EVENTS);

@@ -3,13 +3,13 @@
 //! range), statistics over the same selection, and the index rebuild from the log at open.
 #![expect(clippy::unwrap_used, reason = "benchmark setup fails by panicking")]
 
-use std::{path::PathBuf, sync::Arc, time::Instant};
-
-use aesp_audit::{
-    AuditFilter, AuditLog, AuditLogOptions, AuditQuery, LogStorage, NoteSigner, OsFileSystem, SegmentOptions,
-    SegmentStorage,
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
 };
-use aesp_core::{Ed25519Signer, proto::v1::AuditEvent};
+
+use aesp_audit::{AuditFilter, AuditLog, AuditQuery};
+use aesp_core::proto::v1::AuditEvent;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const EVENTS: u64 = 1_000_000;
@@ -46,25 +46,9 @@ fn event(i: u64) -> AuditEvent {
     }
 }
 
-fn signer() -> NoteSigner {
-    NoteSigner::new("bench.example/log", Arc::new(Ed25519Signer::from_seed(&[5; 32]))).unwrap()
-}
-
-async fn open(path: &PathBuf) -> AuditLog {
-    let storage: Arc<dyn LogStorage> = Arc::new(
-        SegmentStorage::open(Arc::new(OsFileSystem::new(path).unwrap()), SegmentOptions::default())
-            .await
-            .unwrap(),
-    );
-    let mut options = AuditLogOptions::new("bench.example/log");
-    options.max_batch_entries = 64 * 1024;
-    options.max_batch_bytes = 30 << 20;
-    AuditLog::open(storage, signer(), options).await.unwrap()
-}
-
 /// A log of [`EVENTS`] events, built once and kept between runs.
-async fn million(path: &PathBuf) -> AuditLog {
-    let log = open(path).await;
+async fn million(path: &Path) -> AuditLog {
+    let (_, log) = aesp_benches::open_segment_log(path).await;
     let have = log.size();
     if have == EVENTS {
         return log;
@@ -133,7 +117,7 @@ fn query(c: &mut Criterion) {
     // The index is derived data: at open it is rebuilt from the log.
     let started = Instant::now();
     let reopened = runtime.block_on(async {
-        let log = open(&path).await;
+        let (_, log) = aesp_benches::open_segment_log(&path).await;
         log.statistics(&AuditFilter::default()).await.unwrap();
         log
     });

@@ -1,8 +1,14 @@
 //! Fixtures shared by the benchmarks in `benches/` (the benchmarks themselves are there).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 
-use aesp_core::proto::v1::{PolicyDefinition, PolicyRule, PrincipalType, RoleDefinition, Value};
+use aesp_audit::{
+    AuditLog, AuditLogOptions, LogStorage, NoteSigner, OsFileSystem, SegmentOptions, SegmentStorage,
+};
+use aesp_core::{
+    Ed25519Signer,
+    proto::v1::{PolicyDefinition, PolicyRule, PrincipalType, RoleDefinition, Value},
+};
 use aesp_host::{Caller, Host};
 use aesp_policy::{AttributeType, Schema, SnapshotBuilder, Stage};
 
@@ -217,4 +223,25 @@ pub fn pipeline_call(session: &str, n: u64) -> aesp_core::proto::v1::ToolCall {
         parameters: [("query".to_owned(), Value::string("SELECT region, sum(sales) FROM orders"))].into(),
         ..Default::default()
     }
+}
+
+/// The origin of the audit benchmarks' logs.
+pub const AUDIT_ORIGIN: &str = "bench.example/log";
+
+/// Opens (or creates) the audit log of the audit benchmarks on segment files in `path`: a fixed
+/// signing key, group commits of up to 64 Ki entries and 30 MiB.
+///
+/// # Panics
+/// If the directory or the log cannot be opened (a benchmark fails by panicking).
+#[expect(clippy::expect_used, reason = "benchmark setup fails by panicking")]
+pub async fn open_segment_log(path: &Path) -> (Arc<dyn LogStorage>, AuditLog) {
+    let fs = OsFileSystem::new(path).expect("log directory");
+    let storage: Arc<dyn LogStorage> =
+        Arc::new(SegmentStorage::open(Arc::new(fs), SegmentOptions::default()).await.expect("segments"));
+    let signer = NoteSigner::new(AUDIT_ORIGIN, Arc::new(Ed25519Signer::from_seed(&[5; 32]))).expect("signer");
+    let mut options = AuditLogOptions::new(AUDIT_ORIGIN);
+    options.max_batch_entries = 64 * 1024;
+    options.max_batch_bytes = 30 << 20;
+    let log = AuditLog::open(Arc::clone(&storage), signer, options).await.expect("audit log");
+    (storage, log)
 }

@@ -36,3 +36,27 @@ pub(crate) fn options() -> AuditLogOptions {
 pub(crate) async fn open_log(storage: Arc<dyn LogStorage>, signer: &NoteSigner) -> AuditLog {
     AuditLog::open(storage, signer.clone(), options()).await.unwrap()
 }
+
+/// A small deterministic generator (xorshift64*), so that a failure reproduces from its seed
+/// (which must not be zero).
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n`.
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// One of `items`.
+    pub(crate) fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        let at = usize::try_from(self.below(items.len() as u64)).unwrap_or(0);
+        items.get(at).copied().unwrap_or_default()
+    }
+}

@@ -170,24 +170,3 @@ impl Services {
         respond!(RevokeRoleResponse, revoke_role_response, result)
     }
 }
-
-impl crate::Host {
-    /// Takes a role of `tenant` from a principal of `tenant` (audited as
-    /// `IDENTITY_REVOKE_ROLE`).
-    pub async fn revoke_role(
-        &self,
-        caller: &Caller,
-        tenant: &str,
-        principal_id: &str,
-        role_id: &str,
-    ) -> Result<()> {
-        let resource = format!("role:{role_id}");
-        self.require_in(caller, tenant, crate::permissions::ROLES_ASSIGN, &resource).await?;
-        let mut event = self
-            .policy_lifecycle()
-            .unassign_role(caller.principal_id(), tenant, principal_id, role_id)
-            .await?;
-        "IDENTITY_REVOKE_ROLE".clone_into(&mut event.event_type);
-        self.record(&event).await.map(drop)
-    }
-}
