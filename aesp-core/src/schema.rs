@@ -27,7 +27,7 @@
 //! number of violations reported. Validation never panics and never recurses deeper than the
 //! depth limit.
 
-use std::{collections::BTreeMap, fmt};
+use std::{borrow::Cow, collections::BTreeMap, fmt};
 
 use crate::{
     error::{Error, ErrorCode},
@@ -334,8 +334,8 @@ impl ParameterValidator {
         Ok(Self { params, limits })
     }
 
-    /// Validates a call's parameters; returns them with defaults applied and integers given
-    /// to `FLOAT` parameters widened.
+    /// Validates a call's parameters; returns them with defaults applied, integers given
+    /// to `FLOAT` parameters widened and null values left out.
     pub fn validate(
         &self,
         parameters: &BTreeMap<String, Value>,
@@ -343,7 +343,20 @@ impl ParameterValidator {
         let mut walk = Walk::new(&self.limits);
         let out = walk.fields(&self.params, parameters, 0);
         walk.report.finish(Subject::Parameters)?;
-        Ok(out)
+        Ok(out.unwrap_or_else(|| parameters.clone()))
+    }
+
+    /// [`validate`](Self::validate) in place: `parameters` become what `validate` returns.
+    /// Parameters that are already normal (the common case) are neither copied nor moved. On
+    /// violations, `parameters` are left as they were.
+    pub fn validate_in_place(&self, parameters: &mut BTreeMap<String, Value>) -> Result<(), Violations> {
+        let mut walk = Walk::new(&self.limits);
+        let out = walk.fields(&self.params, parameters, 0);
+        walk.report.finish(Subject::Parameters)?;
+        if let Some(out) = out {
+            *parameters = out;
+        }
+        Ok(())
     }
 
     /// The names of the declared parameters.
@@ -387,7 +400,15 @@ impl TypeValidator {
         let no_constraints = Constraints::default();
         let out = walk.value(&self.ty, &no_constraints, value, 1);
         walk.report.finish(Subject::Parameters)?;
-        Ok(out)
+        Ok(out.into_owned())
+    }
+
+    /// Whether `value` is valid, without building its normalised form (no copy of it).
+    pub fn check(&self, value: &Value) -> Result<(), Violations> {
+        let mut walk = Walk::new(&self.limits);
+        let no_constraints = Constraints::default();
+        walk.value(&self.ty, &no_constraints, value, 1);
+        walk.report.finish(Subject::Parameters)
     }
 }
 
@@ -412,7 +433,7 @@ impl Compiler<'_> {
         {
             // A default must satisfy its own schema; a bad one is a load error.
             let mut walk = Walk::new(self.limits);
-            let normalised = walk.value(&param.ty, &param.constraints, default, 1);
+            let normalised = walk.value(&param.ty, &param.constraints, default, 1).into_owned();
             for v in walk.report.list {
                 report.add(path, "default", format!("the default is invalid: {v}"));
             }
@@ -610,7 +631,7 @@ impl Compiler<'_> {
             .map(|(i, entry)| {
                 let value = Value::from_json(entry).map_err(|e| format!("entry {i}: {}", e.message()))?;
                 let mut walk = Walk::new(self.limits);
-                let normalised = walk.value(ty, &no_constraints, &value, 1);
+                let normalised = walk.value(ty, &no_constraints, &value, 1).into_owned();
                 match walk.report.list.first() {
                     Some(v) => Err(format!("entry {i} is not of the parameter's type: {}", v.message)),
                     None => Ok(normalised),
@@ -675,15 +696,15 @@ impl<'l, 'v> Walk<'l, 'v> {
         self.over_budget || self.report.full()
     }
 
-    /// Validates the fields of an object (or the top-level parameter map) and returns them
-    /// with defaults applied.
+    /// Validates the fields of an object (or the top-level parameter map); returns them with
+    /// defaults applied and nulls left out, or `None` when that is exactly `given` (nothing
+    /// copied).
     fn fields(
         &mut self,
         declared: &'v BTreeMap<String, Param>,
         given: &'v BTreeMap<String, Value>,
         depth: usize,
-    ) -> BTreeMap<String, Value> {
-        let mut out = BTreeMap::new();
+    ) -> Option<BTreeMap<String, Value>> {
         for name in given.keys() {
             if !declared.contains_key(name) {
                 self.path.0.push(Segment::Field(name));
@@ -691,38 +712,56 @@ impl<'l, 'v> Walk<'l, 'v> {
                 self.path.0.pop();
             }
         }
+        // Built only once the output differs from `given`; until then every field checked was
+        // given as it is.
+        let mut out: Option<BTreeMap<String, Value>> = given.values().any(Value::is_null).then(BTreeMap::new);
         for (name, param) in declared {
             if self.stop() {
                 break;
             }
             self.path.0.push(Segment::Field(name));
-            match given.get(name).filter(|v| !v.is_null()) {
-                Some(value) => {
-                    let checked = self.value(&param.ty, &param.constraints, value, depth + 1);
-                    out.insert(name.clone(), checked);
-                }
+            let normal = match given.get(name).filter(|v| !v.is_null()) {
+                Some(value) => Some(self.value(&param.ty, &param.constraints, value, depth + 1)),
                 None => match &param.default {
-                    Some(default) => {
-                        out.insert(name.clone(), default.clone());
+                    Some(default) => Some(Cow::Owned(default.clone())),
+                    None if param.required => {
+                        self.report.add(&self.path, "required", "is required");
+                        None
                     }
-                    None if param.required => self.report.add(&self.path, "required", "is required"),
-                    None => {}
+                    None => None,
                 },
-            }
+            };
             self.path.0.pop();
+            let Some(normal) = normal else { continue };
+            match (&mut out, normal) {
+                (None, Cow::Borrowed(_)) => {}
+                (None, Cow::Owned(value)) => {
+                    let mut copy: BTreeMap<String, Value> = given
+                        .range::<String, _>(..name)
+                        .filter(|(n, v)| declared.contains_key(*n) && !v.is_null())
+                        .map(|(n, v)| (n.clone(), v.clone()))
+                        .collect();
+                    copy.insert(name.clone(), value);
+                    out = Some(copy);
+                }
+                (Some(out), normal) => {
+                    out.insert(name.clone(), normal.into_owned());
+                }
+            }
         }
         out
     }
 
-    /// Validates one value against a type and its constraints; returns it normalised.
-    fn value(&mut self, ty: &'v Type, c: &Constraints, value: &'v Value, depth: usize) -> Value {
+    /// Validates one value against a type and its constraints; returns it normalised
+    /// (borrowed when that is the value itself).
+    fn value(&mut self, ty: &'v Type, c: &Constraints, value: &'v Value, depth: usize) -> Cow<'v, Value> {
         if depth > self.limits.max_depth {
             self.report.add(
                 &self.path,
                 "depth",
                 format!("nested deeper than {} levels", self.limits.max_depth),
             );
-            return Value::null();
+            return Cow::Owned(Value::null());
         }
         let own_bytes = match &value.kind {
             Some(Kind::StringValue(s)) => s.len(),
@@ -730,7 +769,7 @@ impl<'l, 'v> Walk<'l, 'v> {
             _ => 0,
         };
         if !self.spend(own_bytes) {
-            return Value::null();
+            return Cow::Owned(Value::null());
         }
         let out = match (ty, &value.kind) {
             (Type::Primitive(Primitive::String), Some(Kind::StringValue(s))) => {
@@ -744,15 +783,15 @@ impl<'l, 'v> Walk<'l, 'v> {
                         format!("does not match `{}`", shorten(re.as_str())),
                     );
                 }
-                value.clone()
+                Cow::Borrowed(value)
             }
             (Type::Primitive(Primitive::Binary), Some(Kind::BinaryValue(b))) => {
                 self.length(c, b.len());
-                value.clone()
+                Cow::Borrowed(value)
             }
             (Type::Primitive(Primitive::Integer), Some(Kind::IntegerValue(i))) => {
                 self.bounds(c, Bound::Integer(*i));
-                value.clone()
+                Cow::Borrowed(value)
             }
             (Type::Primitive(Primitive::Float), Some(Kind::FloatValue(f))) => {
                 if f.is_finite() {
@@ -760,15 +799,15 @@ impl<'l, 'v> Walk<'l, 'v> {
                 } else {
                     self.report.add(&self.path, "type", "expected a finite float");
                 }
-                value.clone()
+                Cow::Borrowed(value)
             }
             (Type::Primitive(Primitive::Float), Some(Kind::IntegerValue(i))) => {
                 #[expect(clippy::cast_precision_loss, reason = "FLOAT parameters accept integers as floats")]
                 let widened = *i as f64;
                 self.bounds(c, Bound::Float(widened));
-                Value::float(widened)
+                Cow::Owned(Value::float(widened))
             }
-            (Type::Primitive(Primitive::Boolean), Some(Kind::BooleanValue(_))) => value.clone(),
+            (Type::Primitive(Primitive::Boolean), Some(Kind::BooleanValue(_))) => Cow::Borrowed(value),
             (Type::Array(element), Some(Kind::ArrayValue(array))) => {
                 let n = array.values.len() as u64;
                 if let Some(min) = c.min_items
@@ -782,28 +821,42 @@ impl<'l, 'v> Walk<'l, 'v> {
                     self.report.add(&self.path, "max_items", format!("has {n} items, more than {max}"));
                 }
                 let no_constraints = Constraints::default();
-                let mut items = Vec::with_capacity(array.values.len().min(1024));
+                // Built only once an item differs from the one given.
+                let mut items: Option<Vec<Value>> = None;
                 for (i, item) in array.values.iter().enumerate() {
                     if self.stop() {
                         break;
                     }
                     self.path.0.push(Segment::Index(i));
-                    items.push(self.value(element, &no_constraints, item, depth + 1));
+                    let normal = self.value(element, &no_constraints, item, depth + 1);
                     self.path.0.pop();
+                    match (&mut items, normal) {
+                        (None, Cow::Borrowed(_)) => {}
+                        (None, Cow::Owned(normal)) => {
+                            let mut copy = Vec::with_capacity(array.values.len().min(1024));
+                            copy.extend(array.values.iter().take(i).cloned());
+                            copy.push(normal);
+                            items = Some(copy);
+                        }
+                        (Some(items), normal) => items.push(normal.into_owned()),
+                    }
                 }
-                Value::array(items)
+                items.map_or(Cow::Borrowed(value), |items| Cow::Owned(Value::array(items)))
             }
             (Type::Object(object), Some(Kind::ObjectValue(fields))) => {
-                Value::from(self.fields(&object.properties, &fields.fields, depth))
+                match self.fields(&object.properties, &fields.fields, depth) {
+                    Some(fields) => Cow::Owned(Value::from(fields)),
+                    None => Cow::Borrowed(value),
+                }
             }
             (ty, _) => {
                 let message = format!("expected {}, got {}", ty.name(), value.kind_name());
                 self.report.add(&self.path, "type", message);
-                return value.clone();
+                return Cow::Borrowed(value);
             }
         };
         if let Some(allowed) = &c.one_of
-            && !allowed.contains(&out)
+            && !allowed.contains(&*out)
         {
             self.report.add(&self.path, "enum", "is not one of the allowed values");
         }

@@ -106,6 +106,49 @@ fn types_are_checked() {
 }
 
 #[test]
+fn normalising_copies_only_what_changes_and_keeps_the_rest() {
+    let v = compile(vec![
+        param("a", primitive(PrimitiveType::String), &[]),
+        param("b", array_of(primitive(PrimitiveType::Float)), &[]),
+        with_default(param("c", primitive(PrimitiveType::Integer), &[]), Value::integer(7)),
+        param("d", primitive(PrimitiveType::Boolean), &[]),
+    ]);
+    // Already normal: in place, nothing changes.
+    let normal = params([
+        ("a", Value::string("x")),
+        ("b", Value::array(vec![Value::float(1.5)])),
+        ("c", Value::integer(1)),
+        ("d", Value::boolean(true)),
+    ]);
+    let mut same = normal.clone();
+    v.validate_in_place(&mut same).unwrap();
+    assert_eq!(same, normal);
+    // Only a null: it is left out all the same, and `c` takes its default.
+    let mut null = params([("a", Value::string("x")), ("c", Value::integer(1)), ("d", Value::null())]);
+    v.validate_in_place(&mut null).unwrap();
+    assert_eq!(null, params([("a", Value::string("x")), ("c", Value::integer(1))]));
+    // The third item widens, `c` takes its default, `d`'s null is left out; `a` (before the
+    // first change) and the first items are kept.
+    let mut given = params([
+        ("a", Value::string("x")),
+        ("b", Value::array(vec![Value::float(1.5), Value::float(2.5), Value::integer(3)])),
+        ("d", Value::null()),
+    ]);
+    v.validate_in_place(&mut given).unwrap();
+    let expected = params([
+        ("a", Value::string("x")),
+        ("b", Value::array(vec![Value::float(1.5), Value::float(2.5), Value::float(3.0)])),
+        ("c", Value::integer(7)),
+    ]);
+    assert_eq!(given, expected);
+    // A refusal leaves the parameters as they were.
+    let mut bad = params([("a", Value::integer(1)), ("b", Value::array(vec![Value::integer(2)]))]);
+    let before = bad.clone();
+    assert_eq!(broken(&v.validate_in_place(&mut bad).unwrap_err()), one("a", "type"));
+    assert_eq!(bad, before);
+}
+
+#[test]
 fn integers_widen_to_floats() {
     let v = compile(vec![param("f", primitive(PrimitiveType::Float), &[("max", "10.5")])]);
     assert_eq!(v.validate(&params([("f", Value::integer(10))])).unwrap()["f"], Value::float(10.0));
@@ -481,9 +524,29 @@ proptest! {
     }
 
     #[test]
+    fn validating_in_place_gives_what_validate_returns(
+        schemas in prop::collection::vec(arb_schema(), 0..4),
+        values in prop::collection::btree_map(prop::sample::select(vec!["a", "b", "name", "x", "y"]), arb_value(), 0..5),
+    ) {
+        let values: BTreeMap<String, Value> = values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        if let Ok(validator) = ParameterValidator::compile(&schemas) {
+            let mut in_place = values.clone();
+            match (validator.validate(&values), validator.validate_in_place(&mut in_place)) {
+                (Ok(out), Ok(())) => prop_assert_eq!(in_place, out),
+                (Err(a), Err(b)) => {
+                    prop_assert_eq!(a.to_string(), b.to_string());
+                    prop_assert_eq!(in_place, values, "refused parameters are left as they were");
+                }
+                (a, b) => prop_assert!(false, "validate gave {:?}, in place {:?}", a.map(drop), b),
+            }
+        }
+    }
+
+    #[test]
     fn type_validation_never_panics(ty in arb_type(), value in arb_value()) {
         if let Ok(validator) = TypeValidator::compile(&ty) {
-            let _ = validator.validate(&value);
+            let checked = validator.check(&value).map_err(|e| e.to_string());
+            prop_assert_eq!(checked, validator.validate(&value).map(drop).map_err(|e| e.to_string()));
         }
     }
 

@@ -268,7 +268,7 @@ impl Host {
         mut call: ToolCall,
         admitted: Admitted,
     ) -> std::result::Result<Ready, Box<(ToolCall, Refusal)>> {
-        let checked = match self.checks(caller, &call, admitted) {
+        let checked = match self.checks(caller, &mut call, admitted) {
             Ok(checked) => checked,
             Err(refusal) => return Err(Box::new((call, refusal))),
         };
@@ -424,10 +424,12 @@ impl Host {
         }
     }
 
+    /// The checks of a call, in order; the call's parameters, validated, move into the
+    /// decision's request (whose parameters [`prepare`](Self::prepare) gives back).
     fn checks(
         &self,
         caller: &Caller,
-        call: &ToolCall,
+        call: &mut ToolCall,
         admitted: Admitted,
     ) -> std::result::Result<Checked, Refusal> {
         let inner = &self.inner;
@@ -435,10 +437,11 @@ impl Host {
         let active = inner.sessions.begin_invocation(caller, &call.session_id).map_err(|e| (e, None))?;
         let session = active.session();
         let contract = self.resolve_contract(caller, call).map_err(|e| (e, None))?;
-        let params = contract
+        contract
             .parameters()
-            .validate(&call.parameters)
+            .validate_in_place(&mut call.parameters)
             .map_err(|v| (Error::from(v).with_tenant(caller.tenant_id()), None))?;
+        let params = std::mem::take(&mut call.parameters);
 
         // The Host assigns the request id that chooses canaries (never the caller), and uses it
         // as the id of the START event.
@@ -534,8 +537,8 @@ impl Host {
                 && let Some(returns) = ready.contract.returns()
             {
                 let checked = match &r.payload {
-                    Some(payload) => returns.validate(payload),
-                    None => returns.validate(&Value::default()),
+                    Some(payload) => returns.check(payload),
+                    None => returns.check(&Value::default()),
                 };
                 if let Err(violations) = checked {
                     result = Err(Error::new(
