@@ -4,7 +4,9 @@
 //! parameters is refused. The table lives in memory (hot-path state), sharded and bounded.
 
 use std::{
+    cell::RefCell,
     collections::{HashMap, VecDeque, hash_map::Entry},
+    hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -21,17 +23,54 @@ const SHARDS: usize = 16;
 
 /// Who asked for what: the key of an idempotency entry, `tenant`, `principal` and
 /// `invocation_id` joined by NUL bytes (unambiguous: neither a tenant id nor an invocation id
-/// can hold one), in one allocation shared by the table and its eviction queue.
-type Key = Arc<str>;
+/// can hold one), in one allocation shared by the table and its eviction queue, with its hash.
+///
+/// The hash is computed once per call, with the table's randomly keyed SipHash (so callers
+/// cannot aim their ids at one bucket), and picks both the shard and the bucket.
+#[derive(Clone)]
+struct Key {
+    hash: u64,
+    text: Arc<str>,
+}
 
-fn key(tenant: &str, principal: &str, invocation_id: &str) -> Key {
-    let mut key = String::with_capacity(tenant.len() + principal.len() + invocation_id.len() + 2);
-    key.push_str(tenant);
-    key.push('\0');
-    key.push_str(principal);
-    key.push('\0');
-    key.push_str(invocation_id);
-    Arc::from(key)
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// The hasher of the table's maps: a key's hash is computed already, and passes through.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (by `Key`); anything else still hashes, by FNV-1a.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+thread_local! {
+    /// The buffer a key's text is put together in, reused.
+    static KEY_BUFFER: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 /// The recorded outcome of a call: its result's encoding (one allocation, where a copy of the
@@ -40,7 +79,7 @@ pub(crate) type Outcome = std::result::Result<Bytes, Box<EnterpriseError>>;
 
 thread_local! {
     /// The buffer [`call_digest`] encodes into, reused.
-    static DIGEST_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static DIGEST_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The digest of what a call asks for, to tell a true repeat from a reused id: the SHA-256 of
@@ -93,7 +132,7 @@ enum Slot {
 }
 
 struct Shard {
-    slots: HashMap<Key, (Slot, u64)>,
+    slots: HashMap<Key, (Slot, u64), BuildHasherDefault<PassThrough>>,
     /// Finished keys in the order their windows end, with that end, for eviction.
     order: VecDeque<(u64, Key)>,
     /// Counts the attempts begun in this shard.
@@ -109,6 +148,8 @@ struct Guarded {
 /// The idempotency table.
 pub(crate) struct Idempotency {
     clock: Arc<dyn Clock>,
+    /// The keyed hash of the keys.
+    hasher: RandomState,
     window_ms: u64,
     capacity_per_shard: usize,
     shards: [Guarded; SHARDS],
@@ -161,7 +202,7 @@ impl Completer<'_> {
                     waited
                 }
                 None => {
-                    shard.slots.insert(Arc::clone(&key), (done, expires));
+                    shard.slots.insert(key.clone(), (done, expires));
                     false
                 }
             };
@@ -196,21 +237,39 @@ impl Idempotency {
     pub(crate) fn new(clock: Arc<dyn Clock>, window: Duration, capacity: usize) -> Arc<Self> {
         Arc::new(Self {
             clock,
+            hasher: RandomState::new(),
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
             capacity_per_shard: capacity.div_ceil(SHARDS).max(1),
             shards: std::array::from_fn(|_| Guarded {
-                shard: Mutex::new(Shard { slots: HashMap::new(), order: VecDeque::new(), attempts: 0 }),
+                shard: Mutex::new(Shard { slots: HashMap::default(), order: VecDeque::new(), attempts: 0 }),
                 ended: Notify::new(),
             }),
         })
     }
 
+    /// The key of (`tenant`, `principal`, `invocation_id`).
+    fn key(&self, tenant: &str, principal: &str, invocation_id: &str) -> Key {
+        KEY_BUFFER.with_borrow_mut(|text| {
+            text.clear();
+            text.push_str(tenant);
+            text.push('\0');
+            text.push_str(principal);
+            text.push('\0');
+            text.push_str(invocation_id);
+            let key = Key { hash: self.hasher.hash_one(text.as_str()), text: Arc::from(text.as_str()) };
+            if text.capacity() > 4096 {
+                // Do not keep a huge id's buffer around.
+                *text = String::new();
+            }
+            key
+        })
+    }
+
     fn shard(&self, key: &Key) -> &Guarded {
-        let hash = key
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        // Bits the maps do not use: they take the low ones for the bucket and the top seven.
+        let at = (key.hash >> 40) as usize % SHARDS;
         #[expect(clippy::indexing_slicing, reason = "the index is taken modulo the number of shards")]
-        &self.shards[(hash % SHARDS as u64) as usize]
+        &self.shards[at]
     }
 
     /// Claims `invocation_id` for (`tenant`, `principal`) with the call's `digest`.
@@ -221,7 +280,7 @@ impl Idempotency {
         invocation_id: &str,
         digest: [u8; 32],
     ) -> Result<Claim<'_>> {
-        let key = key(tenant, principal, invocation_id);
+        let key = self.key(tenant, principal, invocation_id);
         let now = self.clock.now_ms();
         let mut shard = lock(&self.shard(&key).shard);
         // Forget what has expired (oldest first).
@@ -229,7 +288,7 @@ impl Idempotency {
             if *expires > now {
                 break;
             }
-            let old = Arc::clone(old);
+            let old = old.clone();
             shard.order.pop_front();
             if shard
                 .slots
@@ -243,7 +302,7 @@ impl Idempotency {
         let attempt = shard.attempts;
         match shard.slots.entry(key) {
             Entry::Occupied(mut entry) if entry.get().1 > now => {
-                let key = Arc::clone(entry.key());
+                let key = entry.key().clone();
                 let (slot, _) = entry.get_mut();
                 let (Slot::Running { digest: d, .. } | Slot::Done { digest: d, .. }) = slot;
                 if *d != digest {
@@ -267,7 +326,7 @@ impl Idempotency {
                 // A running call is kept for the whole window even if it runs long: it is only
                 // queued for eviction once it finishes.
                 let expires = now.saturating_add(self.window_ms);
-                let key = Arc::clone(entry.key());
+                let key = entry.key().clone();
                 let running = (Slot::Running { digest, attempt, waiters: false }, expires);
                 match entry {
                     Entry::Occupied(mut entry) => {
@@ -413,12 +472,28 @@ mod tests {
         assert_eq!(refused.map(|e| e.code()), Some(ErrorCode::QuotaExceeded));
     }
 
+    #[test]
+    fn keys_spread_over_every_shard_and_equal_keys_meet() {
+        let table = Idempotency::new(Arc::new(ManualClock::new(0)), Duration::from_secs(1), 1000);
+        let mut per_shard = [0usize; SHARDS];
+        for i in 0..1600 {
+            let key = table.key("acme", "alice", &format!("id-{i}"));
+            let at = table.shards.iter().position(|g| std::ptr::eq(g, table.shard(&key))).unwrap();
+            per_shard[at] += 1;
+        }
+        assert!(per_shard.iter().all(|&n| n > 40), "{per_shard:?}");
+        // The same parts give an equal key (apart allocations); other parts do not.
+        let (a, b) = (table.key("acme", "alice", "x"), table.key("acme", "alice", "x"));
+        assert!(a == b && !Arc::ptr_eq(&a.text, &b.text));
+        assert!(a != table.key("acme", "alicex", "") && a != table.key("acme", "bob", "x"));
+    }
+
     #[tokio::test]
     async fn finished_entries_expire_and_free_their_place() {
         let clock = ManualClock::new(0);
         // One place per shard.
         let table = Idempotency::new(Arc::new(clock.clone()), Duration::from_secs(1), SHARDS);
-        let key = |id: &str| key("acme", "alice", id);
+        let key = |id: &str| table.key("acme", "alice", id);
         let same_shard: Vec<String> = (0..10_000)
             .map(|i| format!("id-{i}"))
             .filter(|id| std::ptr::eq(table.shard(&key(id)), table.shard(&key("first"))))

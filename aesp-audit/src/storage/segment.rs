@@ -94,7 +94,7 @@ impl Default for SegmentOptions {
         Self {
             max_segment_bytes: 64 << 20,
             max_frame_bytes: 32 << 20,
-            preallocate_bytes: 8 << 20,
+            preallocate_bytes: 1 << 20,
             clock: Arc::new(SystemClock),
         }
     }
