@@ -440,14 +440,22 @@ async fn commit_loop(
     }
 }
 
+/// How many stored hashes the integrator gathers before it writes them (they need to be in
+/// storage only by the next checkpoint, which writes what is gathered first).
+const GATHERED_HASHES: usize = 8192;
+
 struct Integrator {
     storage: Arc<dyn LogStorage>,
     signer: NoteSigner,
     options: AuditLogOptions,
     lease: Option<(Lease, tokio::time::Instant)>,
+    /// The tree integrated so far; `stored` and the gathered `hashes` make it up.
     edge: RightEdge,
+    /// The tree whose stored hashes are in storage.
+    stored: RightEdge,
     checkpointed: u64,
     last_checkpoint: Option<SignedCheckpoint>,
+    /// The stored hashes of the leaves `stored.size()..edge.size()`, not written yet.
     hashes: Vec<Hash>,
 }
 
@@ -499,6 +507,7 @@ impl Integrator {
             last_checkpoint,
             options,
             lease: None,
+            stored: edge.clone(),
             edge,
             hashes: Vec::new(),
         };
@@ -558,6 +567,8 @@ impl Integrator {
         let lease = self.storage.acquire_lease(&self.options.integrator, self.options.lease_ttl).await?;
         if previous != Some(lease.token) {
             let (edge, last) = load_tree(self.storage.as_ref()).await?;
+            self.stored = edge.clone();
+            self.hashes.clear();
             self.edge = edge;
             self.checkpointed = last.as_ref().map_or(0, |c| c.checkpoint().size);
             self.last_checkpoint = last;
@@ -593,30 +604,49 @@ impl Integrator {
         Ok(())
     }
 
-    /// Adds leaves, given by their hashes, to the tree and stores its new hashes.
+    /// Adds leaves, given by their hashes, to the tree; its new stored hashes are gathered
+    /// and written once there are [`GATHERED_HASHES`] of them (or by the next checkpoint).
     async fn add(&mut self, leaves: &[Hash]) -> Result<()> {
         if leaves.is_empty() {
             return Ok(());
         }
-        let lease = self.hold().await?;
-        let from = self.edge.size();
-        let mut edge = self.edge.clone();
-        let mut hashes = std::mem::take(&mut self.hashes);
-        hashes.clear();
+        self.hold().await?;
+        let Self { edge, hashes, .. } = self;
         for leaf in leaves {
             edge.push(*leaf, |h| hashes.push(*h));
         }
-        let result = self.storage.append_hashes(&lease, from, edge.size(), &hashes).await;
-        self.hashes = hashes;
-        if let Err(e) = result {
-            if e.code() == ErrorCode::Conflict {
-                // Lost the lease, or another integrator moved on: start again from storage.
-                self.lease = None;
-            }
-            return Err(e);
+        if self.hashes.len() >= GATHERED_HASHES { self.write_hashes().await } else { Ok(()) }
+    }
+
+    /// Writes the gathered stored hashes. On failure the tree falls back to what storage has,
+    /// and the leaves after it are integrated again from storage.
+    async fn write_hashes(&mut self) -> Result<()> {
+        if self.hashes.is_empty() {
+            return Ok(());
         }
-        self.edge = edge;
-        Ok(())
+        let lease = self.hold().await?;
+        if self.hashes.is_empty() {
+            // A new lease reloaded the tree from storage: nothing gathered is left.
+            return Ok(());
+        }
+        let result =
+            self.storage.append_hashes(&lease, self.stored.size(), self.edge.size(), &self.hashes).await;
+        match result {
+            Ok(()) => {
+                self.stored = self.edge.clone();
+                self.hashes.clear();
+                Ok(())
+            }
+            Err(e) => {
+                if e.code() == ErrorCode::Conflict {
+                    // Lost the lease, or another integrator moved on: start again from storage.
+                    self.lease = None;
+                }
+                self.edge = self.stored.clone();
+                self.hashes.clear();
+                Err(e)
+            }
+        }
     }
 
     async fn checkpoint_now(&mut self) -> Result<SignedCheckpoint> {
@@ -641,6 +671,7 @@ impl Integrator {
     }
 
     async fn sign(&mut self) -> Result<SignedCheckpoint> {
+        self.write_hashes().await?;
         let lease = self.hold().await?;
         let checkpoint = Checkpoint {
             origin: self.options.origin.clone(),
