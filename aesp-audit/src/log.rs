@@ -621,12 +621,9 @@ impl Integrator {
     /// Writes the gathered stored hashes. On failure the tree falls back to what storage has,
     /// and the leaves after it are integrated again from storage.
     async fn write_hashes(&mut self) -> Result<()> {
-        if self.hashes.is_empty() {
-            return Ok(());
-        }
         let lease = self.hold().await?;
         if self.hashes.is_empty() {
-            // A new lease reloaded the tree from storage: nothing gathered is left.
+            // Nothing gathered (or a new lease reloaded the tree from storage).
             return Ok(());
         }
         let result =

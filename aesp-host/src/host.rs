@@ -565,12 +565,7 @@ impl Host {
         principal_id: &str,
         role_id: &str,
     ) -> Result<()> {
-        let resource = format!("role:{role_id}");
-        self.require_in(caller, tenant, permissions::ROLES_ASSIGN, &resource).await?;
-        let mut event =
-            self.inner.lifecycle.assign_role(caller.principal_id(), tenant, principal_id, role_id).await?;
-        "IDENTITY_ASSIGN_ROLE".clone_into(&mut event.event_type);
-        self.record(&event).await.map(drop)
+        self.change_role(caller, tenant, principal_id, role_id, true).await
     }
 
     /// Takes a role of `tenant` from a principal of `tenant` (audited as
@@ -582,11 +577,29 @@ impl Host {
         principal_id: &str,
         role_id: &str,
     ) -> Result<()> {
+        self.change_role(caller, tenant, principal_id, role_id, false).await
+    }
+
+    /// Assigns (`assign`) or takes a role of `tenant` from a principal of `tenant`, with the
+    /// `roles.assign` permission, audited as `IDENTITY_ASSIGN_ROLE` or `IDENTITY_REVOKE_ROLE`.
+    async fn change_role(
+        &self,
+        caller: &Caller,
+        tenant: &str,
+        principal_id: &str,
+        role_id: &str,
+        assign: bool,
+    ) -> Result<()> {
         let resource = format!("role:{role_id}");
         self.require_in(caller, tenant, permissions::ROLES_ASSIGN, &resource).await?;
-        let mut event =
-            self.inner.lifecycle.unassign_role(caller.principal_id(), tenant, principal_id, role_id).await?;
-        "IDENTITY_REVOKE_ROLE".clone_into(&mut event.event_type);
+        let lifecycle = &self.inner.lifecycle;
+        let by = caller.principal_id();
+        let (mut event, event_type) = if assign {
+            (lifecycle.assign_role(by, tenant, principal_id, role_id).await?, "IDENTITY_ASSIGN_ROLE")
+        } else {
+            (lifecycle.unassign_role(by, tenant, principal_id, role_id).await?, "IDENTITY_REVOKE_ROLE")
+        };
+        event_type.clone_into(&mut event.event_type);
         self.record(&event).await.map(drop)
     }
 

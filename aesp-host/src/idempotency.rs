@@ -327,15 +327,7 @@ impl Idempotency {
                 // queued for eviction once it finishes.
                 let expires = now.saturating_add(self.window_ms);
                 let key = entry.key().clone();
-                let running = (Slot::Running { digest, attempt, waiters: false }, expires);
-                match entry {
-                    Entry::Occupied(mut entry) => {
-                        entry.insert(running);
-                    }
-                    Entry::Vacant(entry) => {
-                        entry.insert(running);
-                    }
-                }
+                entry.insert_entry((Slot::Running { digest, attempt, waiters: false }, expires));
                 shard.attempts = attempt.wrapping_add(1);
                 Ok(Claim::First(Completer { table: self, key: Some(key), digest }))
             }

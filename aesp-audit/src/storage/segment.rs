@@ -118,14 +118,15 @@ struct Segment {
     frames: Vec<FrameRef>,
     /// Where the frames end.
     len: u64,
-    /// Where the file ends: zeros written ahead of the frames fill `len..prepared`.
-    prepared: u64,
 }
 
 #[derive(Debug)]
 struct Index {
     segments: Vec<Segment>,
     size: u64,
+    /// Where the last segment's file ends: zeros written ahead of its frames fill what lies
+    /// past its `len` (the other segments end with their frames).
+    prepared: u64,
 }
 
 #[derive(Debug)]
@@ -491,7 +492,6 @@ impl SegmentStorage {
                     file,
                     frames: Vec::new(),
                     len: SEGMENT_HEADER as u64,
-                    prepared: SEGMENT_HEADER as u64,
                 });
                 continue;
             }
@@ -544,15 +544,7 @@ impl SegmentStorage {
                 })
                 .collect();
             size = expected;
-            segments.push(Segment {
-                name,
-                first,
-                generation: 0,
-                file,
-                frames,
-                len: scanned.valid_end,
-                prepared: scanned.valid_end,
-            });
+            segments.push(Segment { name, first, generation: 0, file, frames, len: scanned.valid_end });
         }
         if segments.is_empty() {
             segments.push(create_segment(fs.as_ref(), 0)?);
@@ -620,7 +612,8 @@ impl SegmentStorage {
                 fs,
                 options,
                 writer: Mutex::new(()),
-                index: RwLock::new(Index { segments, size }),
+                // Opening cut any zeros off the last segment.
+                index: RwLock::new(Index { prepared: segments.last().map_or(0, |s| s.len), segments, size }),
                 meta: Mutex::new(Meta {
                     hashes,
                     hash_count: needed,
@@ -666,15 +659,7 @@ fn create_segment(fs: &dyn FileSystem, first: u64) -> Result<Segment> {
     file.write_all_at(&segment_header(first), 0).map_err(|e| io_error("write", &name, e))?;
     file.sync_data().map_err(|e| io_error("sync", &name, e))?;
     fs.sync_dir().map_err(|e| io_error("sync", "the log directory", e))?;
-    Ok(Segment {
-        name,
-        first,
-        generation: 0,
-        file,
-        frames: Vec::new(),
-        len: SEGMENT_HEADER as u64,
-        prepared: SEGMENT_HEADER as u64,
-    })
+    Ok(Segment { name, first, generation: 0, file, frames: Vec::new(), len: SEGMENT_HEADER as u64 })
 }
 
 impl Shared {
@@ -708,12 +693,12 @@ impl Shared {
         let (first, file, name, offset, prepared) = {
             let index = self.index();
             let seg = index.segments.last().ok_or_else(|| Error::internal("no segment"))?;
-            (index.size, Arc::clone(&seg.file), seg.name.clone(), seg.len, seg.prepared)
+            (index.size, Arc::clone(&seg.file), seg.name.clone(), seg.len, index.prepared)
         };
         // Zeros never reach past `max_segment_bytes`, so a full segment ends with its frames.
         let (file, name, offset, prepared) = if offset >= self.options.max_segment_bytes {
             let seg = create_segment(self.fs.as_ref(), first)?;
-            let out = (Arc::clone(&seg.file), seg.name.clone(), seg.len, seg.prepared);
+            let out = (Arc::clone(&seg.file), seg.name.clone(), seg.len, seg.len);
             self.index_mut().segments.push(seg);
             out
         } else {
@@ -721,14 +706,15 @@ impl Shared {
         };
         seal_record(frame, FRAME_MAGIC, first, count)?;
         let end = offset.saturating_add(frame.len() as u64);
-        let mut ahead = prepared.max(end);
-        if end > prepared && self.options.preallocate_bytes > 0 {
+        let ahead = if end > prepared && self.options.preallocate_bytes > 0 {
             // Zeros for the next frames, synced with this one.
             let target =
                 offset.saturating_add(self.options.preallocate_bytes).min(self.options.max_segment_bytes);
             write_zeros(file.as_ref(), end, target).map_err(|e| io_error("write", &name, e))?;
-            ahead = ahead.max(target);
-        }
+            target.max(end)
+        } else {
+            prepared.max(end)
+        };
         file.write_all_at(frame, offset).map_err(|e| io_error("write", &name, e))?;
         file.sync_data().map_err(|e| io_error("sync", &name, e))?;
         let len = u32::try_from(frame.len()).map_err(|_| Error::internal("frame too large"))?;
@@ -736,8 +722,8 @@ impl Shared {
         if let Some(seg) = index.segments.last_mut() {
             seg.frames.push(FrameRef { first, count, offset, len });
             seg.len = end;
-            seg.prepared = ahead;
         }
+        index.prepared = ahead;
         index.size = first.saturating_add(u64::from(count));
         Ok(first)
     }
@@ -875,12 +861,16 @@ impl Shared {
             }
             lock(&self.frames).clear();
             let mut index = self.index_mut();
+            let last = pos.saturating_add(1) == index.segments.len();
             if let Some(seg) = index.segments.get_mut(pos) {
                 seg.generation = seg.generation.saturating_add(1);
                 seg.file = new_file;
                 seg.frames = new_frames;
                 seg.len = rewritten.len() as u64;
-                seg.prepared = seg.len;
+            }
+            if last {
+                // The rewritten file holds only frames.
+                index.prepared = rewritten.len() as u64;
             }
             pruned = pruned.saturating_add(count);
         }
@@ -1199,15 +1189,17 @@ mod tests {
             frame.extend_from_slice(&[i; 100]);
             storage.shared.append(&mut frame, 1).unwrap();
         }
-        let ends: Vec<(String, u64, u64)> =
-            storage.shared.index().segments.iter().map(|s| (s.name.clone(), s.len, s.prepared)).collect();
+        let (ends, prepared): (Vec<(String, u64)>, u64) = {
+            let index = storage.shared.index();
+            (index.segments.iter().map(|s| (s.name.clone(), s.len)).collect(), index.prepared)
+        };
         assert!(ends.len() >= 3, "{ends:?}");
-        for (i, (name, len, prepared)) in ends.iter().enumerate() {
+        for (i, (name, len)) in ends.iter().enumerate() {
             let file = fs.read_file(name).unwrap().len() as u64;
-            assert_eq!(file, *prepared, "{name}");
             if i + 1 < ends.len() {
                 assert_eq!(file, *len, "a full segment ends with its frames");
             } else {
+                assert_eq!(file, prepared, "{name}");
                 assert!(file > *len, "the last segment has zeros ahead of its frames");
                 assert!(fs.read_file(name).unwrap()[*len as usize..].iter().all(|&b| b == 0));
             }
