@@ -29,7 +29,7 @@ use prost::{Message as _, bytes::Bytes};
 use crate::{
     caller::Caller,
     contracts::{APPROVED, CompiledContract, Contracts, LoadOutcome, REJECTED},
-    idempotency::Idempotency,
+    idempotency::{Idempotency, IdempotencyStats},
     identity::{BootstrapAdmin, BootstrapCredential, IdentityManager, IdentityOptions},
     limits::{Admission, TenantLimits},
     records::SYSTEM_TENANT,
@@ -180,9 +180,14 @@ pub struct HostOptions {
     pub default_call_timeout: Duration,
     /// The longest deadline a call may ask for.
     pub max_call_timeout: Duration,
-    /// How long an invocation id is remembered for idempotent retries.
+    /// How long an invocation id is remembered for idempotent retries (at most: see
+    /// `idempotency_capacity`).
     pub idempotency_window: Duration,
-    /// The most invocation ids remembered at once.
+    /// The most invocation ids remembered at once. A full table forgets the finished call
+    /// whose window ends first to make room for a new one, so the whole window holds up to
+    /// `idempotency_capacity / idempotency_window` calls a second (the defaults: 333) and is
+    /// cut short above that; [`Host::idempotency_stats`] counts the calls forgotten early.
+    /// Only a table full of calls still running refuses new ones (`QUOTA_EXCEEDED`).
     pub idempotency_capacity: usize,
     /// How long a graceful shutdown waits for calls in flight.
     pub shutdown_grace: Duration,
@@ -382,6 +387,12 @@ impl Host {
             options,
         };
         Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// What the idempotency table holds, and how many finished calls it has forgotten before
+    /// their window ended because it was full (see [`HostOptions::idempotency_capacity`]).
+    pub fn idempotency_stats(&self) -> IdempotencyStats {
+        self.inner.idempotency.stats()
     }
 
     /// The audit log.

@@ -2,6 +2,14 @@
 //! principal) within the window returns the first call's outcome without running the tool
 //! again; a repeat that arrives while the first runs waits for it; a repeat with different
 //! parameters is refused. The table lives in memory (hot-path state), sharded and bounded.
+//!
+//! Bounded means the window is kept as long as memory allows: once the table is full, a new
+//! call makes room by forgetting the finished call whose window would end first (its window is
+//! cut short, and [`IdempotencyStats::evicted`] counts it). Only a table full of calls still
+//! running refuses a new one (`QUOTA_EXCEEDED`): their outcomes are not known yet, so
+//! forgetting them would let a repeat run the tool twice at once. Refusing every new call
+//! whenever more than `capacity / window` calls a second arrive would turn a memory bound
+//! into an outage, and a burst of one tenant into one of every tenant.
 
 use std::{
     cell::RefCell,
@@ -137,6 +145,39 @@ struct Shard {
     order: VecDeque<(u64, Key)>,
     /// Counts the attempts begun in this shard.
     attempts: u64,
+    /// Counts the finished calls forgotten before their window ended, to make room.
+    evicted: u64,
+}
+
+impl Shard {
+    /// Forgets the finished call whose window ends first, to make room for a new one; `false`
+    /// if no call has finished (every entry is a call still running).
+    fn evict_oldest(&mut self) -> bool {
+        while let Some((expires, old)) = self.order.pop_front() {
+            // Queued entries whose call was since replaced (expired, then begun again) are
+            // skipped: the later call queues its own when it finishes.
+            if matches!(self.slots.get(&old), Some((Slot::Done { .. }, expiry)) if *expiry == expires) {
+                self.slots.remove(&old);
+                self.evicted = self.evicted.wrapping_add(1);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// What the idempotency table holds and has had to forget early
+/// ([`Host::idempotency_stats`](crate::Host::idempotency_stats)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IdempotencyStats {
+    /// The invocation ids remembered now (running and finished calls).
+    pub entries: usize,
+    /// The finished calls forgotten before their window ended because the table was full,
+    /// since the Host started. A repeat of such a call runs the tool again; if this grows,
+    /// raise [`HostOptions::idempotency_capacity`](crate::HostOptions::idempotency_capacity)
+    /// (the window holds fully up to `capacity / window` calls a second).
+    pub evicted: u64,
 }
 
 /// A shard and the signal its running calls give their waiting repeats when they end.
@@ -241,7 +282,12 @@ impl Idempotency {
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
             capacity_per_shard: capacity.div_ceil(SHARDS).max(1),
             shards: std::array::from_fn(|_| Guarded {
-                shard: Mutex::new(Shard { slots: HashMap::default(), order: VecDeque::new(), attempts: 0 }),
+                shard: Mutex::new(Shard {
+                    slots: HashMap::default(),
+                    order: VecDeque::new(),
+                    attempts: 0,
+                    evicted: 0,
+                }),
                 ended: Notify::new(),
             }),
         })
@@ -298,7 +344,11 @@ impl Idempotency {
                 shard.slots.remove(&old);
             }
         }
-        let full = shard.slots.len() >= self.capacity_per_shard;
+        // A new key needs a place (a key already there reuses its own): when the table is
+        // full, the finished call whose window ends first gives up its place.
+        let full = shard.slots.len() >= self.capacity_per_shard
+            && !shard.slots.contains_key(&key)
+            && !shard.evict_oldest();
         let attempt = shard.attempts;
         match shard.slots.entry(key) {
             Entry::Occupied(mut entry) if entry.get().1 > now => {
@@ -320,8 +370,11 @@ impl Idempotency {
                     Slot::Done { outcome, .. } => Claim::Done(Arc::clone(outcome)),
                 })
             }
-            _ if full => Err(Error::new(ErrorCode::QuotaExceeded, "the idempotency table is full")
-                .with_retry_after(Duration::from_millis(self.window_ms.min(1000)))),
+            _ if full => Err(Error::new(
+                ErrorCode::QuotaExceeded,
+                "the idempotency table is full of calls still running",
+            )
+            .with_retry_after(Duration::from_millis(self.window_ms.min(1000)))),
             entry => {
                 // A running call is kept for the whole window even if it runs long: it is only
                 // queued for eviction once it finishes.
@@ -332,6 +385,17 @@ impl Idempotency {
                 Ok(Claim::First(Completer { table: self, key: Some(key), digest }))
             }
         }
+    }
+
+    /// What the table holds now and has forgotten early.
+    pub(crate) fn stats(&self) -> IdempotencyStats {
+        self.shards.iter().fold(IdempotencyStats::default(), |stats, guarded| {
+            let shard = lock(&guarded.shard);
+            IdempotencyStats {
+                entries: stats.entries + shard.slots.len(),
+                evicted: stats.evicted.wrapping_add(shard.evicted),
+            }
+        })
     }
 
     /// Waits for a running call's outcome; `None` if it was cancelled.
@@ -480,31 +544,81 @@ mod tests {
         assert!(a != table.key("acme", "alicex", "") && a != table.key("acme", "bob", "x"));
     }
 
+    /// Ids that land in the same shard as `first`, in the order they are found.
+    fn same_shard(table: &Idempotency, first: &str, n: usize) -> Vec<String> {
+        let key = |id: &str| table.key("acme", "alice", id);
+        (0..100_000)
+            .map(|i| format!("id-{i}"))
+            .filter(|id| std::ptr::eq(table.shard(&key(id)), table.shard(&key(first))))
+            .take(n)
+            .collect()
+    }
+
+    fn first(claim: Result<Claim<'_>>) -> Completer<'_> {
+        match claim {
+            Ok(Claim::First(completer)) => completer,
+            Ok(_) => panic!("not a first call"),
+            Err(e) => panic!("refused: {e}"),
+        }
+    }
+
     #[tokio::test]
-    async fn finished_entries_expire_and_free_their_place() {
+    async fn finished_entries_expire_and_a_full_table_forgets_the_oldest_finished_call() {
+        let clock = ManualClock::new(0);
+        // Two places per shard.
+        let table = Idempotency::new(Arc::new(clock.clone()), Duration::from_secs(1), 2 * SHARDS);
+        let ids = same_shard(&table, "a", 4);
+        // `a` finishes at 0: remembered until 1 s; `b` finishes at 600 ms: until 1.6 s.
+        first(table.begin("acme", "alice", "a", [1; 32])).finish(result("a"));
+        let b = &ids[0];
+        clock.set(600);
+        first(table.begin("acme", "alice", b, [2; 32])).finish(result(b));
+        assert_eq!(table.stats(), IdempotencyStats { entries: 2, evicted: 0 });
+
+        // The shard is full: a new id takes the place of `a`, whose window ends first.
+        clock.set(700);
+        let c = first(table.begin("acme", "alice", &ids[1], [3; 32]));
+        assert_eq!(table.stats(), IdempotencyStats { entries: 2, evicted: 1 });
+        // `b` is still remembered and replayed; `a` was forgotten, so a repeat runs afresh,
+        // taking the place of `b` (the only finished call left).
+        assert!(matches!(table.begin("acme", "alice", b, [2; 32]), Ok(Claim::Done(_))));
+        let a = first(table.begin("acme", "alice", "a", [1; 32]));
+        assert_eq!(table.stats(), IdempotencyStats { entries: 2, evicted: 2 });
+
+        // Both places hold running calls: neither `b` nor a new id is let in.
+        for id in [b, &ids[2]] {
+            let Err(full) = table.begin("acme", "alice", id, [4; 32]) else { panic!("full") };
+            assert_eq!(full.code(), ErrorCode::QuotaExceeded);
+        }
+        // A repeat of a running call still waits for it rather than being refused.
+        assert!(matches!(table.begin("acme", "alice", "a", [1; 32]), Ok(Claim::Running(_))));
+
+        // Once a call finishes and its window is over, its place is free without eviction.
+        c.finish(result(&ids[1]));
+        a.finish(result("a"));
+        clock.set(5_000);
+        let _d = first(table.begin("acme", "alice", &ids[2], [4; 32]));
+        assert_eq!(table.stats(), IdempotencyStats { entries: 1, evicted: 2 });
+    }
+
+    #[tokio::test]
+    async fn an_expired_key_begun_again_keeps_its_place_when_the_table_is_full() {
         let clock = ManualClock::new(0);
         // One place per shard.
         let table = Idempotency::new(Arc::new(clock.clone()), Duration::from_secs(1), SHARDS);
-        let key = |id: &str| table.key("acme", "alice", id);
-        let same_shard: Vec<String> = (0..10_000)
-            .map(|i| format!("id-{i}"))
-            .filter(|id| std::ptr::eq(table.shard(&key(id)), table.shard(&key("first"))))
-            .take(2)
-            .collect();
-        // A call that begins at 0 and finishes at 500 ms is remembered until 1.5 s.
-        let Claim::First(first) = table.begin("acme", "alice", "first", [1; 32]).unwrap() else {
-            panic!("first")
-        };
-        clock.set(500);
-        first.finish(result("first"));
-        // At 1.2 s its place is still taken.
-        clock.set(1200);
-        let Err(full) = table.begin("acme", "alice", &same_shard[0], [1; 32]) else {
-            panic!("still remembered")
-        };
-        assert_eq!(full.code(), ErrorCode::QuotaExceeded);
-        // Once its window is over, its place is free again.
-        clock.set(2000);
-        assert!(matches!(table.begin("acme", "alice", &same_shard[1], [1; 32]), Ok(Claim::First(_))));
+        first(table.begin("acme", "alice", "a", [1; 32])).finish(result("a"));
+        // Its window is over but nothing has removed it yet: the same key begins again in its
+        // own place, without forgetting anything else.
+        clock.set(1500);
+        let again = first(table.begin("acme", "alice", "a", [1; 32]));
+        assert_eq!(table.stats(), IdempotencyStats { entries: 1, evicted: 0 });
+        // The first attempt's queue entry is stale: it does not make room by forgetting the
+        // second attempt, which is running, so a new id in that shard is refused.
+        let other = &same_shard(&table, "a", 1)[0];
+        assert!(
+            table.begin("acme", "alice", other, [2; 32]).is_err_and(|e| e.code() == ErrorCode::QuotaExceeded)
+        );
+        again.finish(result("a"));
+        assert!(matches!(table.begin("acme", "alice", "a", [1; 32]), Ok(Claim::Done(_))));
     }
 }

@@ -22,6 +22,7 @@ mod tenants;
 pub use caller::Caller;
 pub use contracts::{APPROVED, CompiledContract, LoadOutcome, PENDING, REJECTED};
 pub use host::{Backends, Host, HostBuilder, HostOptions, PLATFORM_ADMIN_ROLE, permissions};
+pub use idempotency::IdempotencyStats;
 pub use identity::{
     BUILTIN_PROVIDER, BootstrapAdmin, BootstrapCredential, IdentityManager, IdentityOptions, ListPrincipals,
     NewPrincipal, NewServiceAccount, NewUser, PasswordHashing, PrincipalPage, ServiceAccountCredential,

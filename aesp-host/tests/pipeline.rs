@@ -214,6 +214,8 @@ async fn idempotent_retries_replay_wait_and_conflict() {
     let again = f.host.invoke(&f.alice, f.call("same", "SELECT 1")).await.expect("repeat");
     assert_eq!(first, again);
     assert_eq!(f.behaviour.calls.load(Ordering::SeqCst), 1, "the tool ran once");
+    let stats = f.host.idempotency_stats();
+    assert_eq!((stats.entries, stats.evicted), (1, 0), "one id remembered, nothing forgotten early");
     let error = f.host.invoke(&f.alice, f.call("same", "SELECT 2")).await.expect_err("other parameters");
     assert_eq!(error.code(), ErrorCode::Conflict);
 

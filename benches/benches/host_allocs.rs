@@ -36,11 +36,7 @@ fn env_number(name: &str, default: u64) -> u64 {
 }
 
 fn options() -> HostOptions {
-    HostOptions {
-        idempotency_capacity: 1_000_000,
-        policy_schema: aesp_benches::schema(),
-        ..HostOptions::default()
-    }
+    HostOptions { policy_schema: aesp_benches::schema(), ..HostOptions::default() }
 }
 
 /// Runs `calls` (from `callers` concurrent tasks) and returns what they allocated.
