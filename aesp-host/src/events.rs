@@ -260,12 +260,39 @@ thread_local! {
     static RENDERED: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
+/// Where in [`RENDERED`] each `Display` text of an event was rendered: the metadata values by
+/// position, then the resource ([`RESOURCE`]) and the risk score ([`RISK`]).
+type Spans = [(usize, usize); MAX_METADATA + 2];
+const RESOURCE: usize = MAX_METADATA;
+const RISK: usize = MAX_METADATA + 1;
+
+/// `text`, or for a `Display` text what it rendered into `rendered` at `span`.
+#[inline]
+fn resolved<'s>(text: &'s Text<'s>, span: (usize, usize), rendered: &'s str) -> Text<'s> {
+    match text {
+        Text::Display(_) => Text::Str(rendered.get(span.0..span.1).unwrap_or_default()),
+        other => *other,
+    }
+}
+
 impl EventView<'_> {
     /// The canonical protobuf encoding: the bytes `AuditEvent::encode_to_vec` gives.
-    pub(crate) fn encode(self) -> Bytes {
+    ///
+    /// The view is borrowed, not moved: it is over a kilobyte, and each move is a copy.
+    pub(crate) fn encode(&self) -> Bytes {
         RENDERED.with_borrow_mut(|rendered| {
             rendered.clear();
-            let encoded = encode_rendered(self, rendered);
+            let mut spans: Spans = [(0, 0); MAX_METADATA + 2];
+            let texts = self.metadata.entries().iter().map(|(_, v)| v);
+            let positions = (0..self.metadata.len).chain([RESOURCE, RISK]);
+            for (at, text) in positions.zip(texts.chain([&self.resource, &self.risk_score])) {
+                if let (Text::Display(d), Some(span)) = (text, spans.get_mut(at)) {
+                    let start = rendered.len();
+                    let _ = write!(rendered, "{d}");
+                    *span = (start, rendered.len());
+                }
+            }
+            let encoded = self.encode_measured(rendered, &spans);
             if rendered.capacity() > 64 * 1024 {
                 *rendered = String::new();
             }
@@ -273,14 +300,19 @@ impl EventView<'_> {
         })
     }
 
-    /// Encodes, measuring every text first to allocate exactly once.
-    fn encode_measured(self) -> Bytes {
+    /// Encodes, measuring every text first to allocate exactly once; `Display` texts are taken
+    /// from where they were rendered (`spans` of `rendered`), so each renders once.
+    fn encode_measured(&self, rendered: &str, spans: &Spans) -> Bytes {
+        let span = |at: usize| spans.get(at).copied().unwrap_or_default();
+        let resource = resolved(&self.resource, span(RESOURCE), rendered);
+        let risk = resolved(&self.risk_score, span(RISK), rendered);
+        let entries = self.metadata.entries();
         let mut value_lens = [0usize; MAX_METADATA];
-        for (len, (_, value)) in value_lens.iter_mut().zip(self.metadata.entries()) {
-            *len = value.len();
+        for (at, (len, (_, value))) in value_lens.iter_mut().zip(entries).enumerate() {
+            *len = resolved(value, span(at), rendered).len();
         }
-        let resource_len = self.resource.len();
-        let risk_len = self.risk_score.len();
+        let resource_len = resource.len();
+        let risk_len = risk.len();
         let strings = [
             (1, self.event_id),
             (3, self.event_type),
@@ -297,7 +329,7 @@ impl EventView<'_> {
             total += key_len(2) + encoded_len_varint(self.timestamp_ms);
         }
         total += string_len(7, resource_len) + string_len(13, risk_len);
-        for ((key, _), value_len) in self.metadata.entries().iter().zip(value_lens) {
+        for ((key, _), value_len) in entries.iter().zip(value_lens) {
             total += delimited_len(12, entry_len(key, value_len));
         }
         if let Some(violation) = self.policy_violation {
@@ -314,17 +346,17 @@ impl EventView<'_> {
         write_str(4, self.principal_id, &mut buf);
         write_str(5, self.tenant_id, &mut buf);
         write_str(6, self.session_id, &mut buf);
-        write_text(7, &self.resource, resource_len, &mut buf);
+        write_text(7, &resource, resource_len, &mut buf);
         write_str(8, self.action, &mut buf);
         write_str(9, self.outcome, &mut buf);
         write_str(10, self.source_ip, &mut buf);
         write_str(11, self.user_agent, &mut buf);
-        for ((key, value), value_len) in self.metadata.entries().iter().zip(value_lens) {
+        for (at, ((key, value), value_len)) in entries.iter().zip(value_lens).enumerate() {
             write_header(12, entry_len(key, value_len), &mut buf);
             write_str(1, key, &mut buf);
-            write_text(2, value, value_len, &mut buf);
+            write_text(2, &resolved(value, span(at), rendered), value_len, &mut buf);
         }
-        write_text(13, &self.risk_score, risk_len, &mut buf);
+        write_text(13, &risk, risk_len, &mut buf);
         if let Some(violation) = self.policy_violation {
             // A repeated string: every element is written, even an empty one.
             write_header(14, violation.len(), &mut buf);
@@ -354,28 +386,6 @@ impl EventView<'_> {
             policy_violations: self.policy_violation.iter().map(|v| (*v).to_owned()).collect(),
         }
     }
-}
-
-/// [`EventView::encode`], with every `Display` value rendered into `rendered` first.
-fn encode_rendered<'a>(mut view: EventView<'a>, rendered: &'a mut String) -> Bytes {
-    let mut spans = [(0usize, 0usize); MAX_METADATA + 2];
-    let texts = view.metadata.entries.iter().map(|(_, v)| v).chain([&view.resource, &view.risk_score]);
-    for (span, text) in spans.iter_mut().zip(texts) {
-        if let Text::Display(d) = text {
-            let start = rendered.len();
-            let _ = write!(rendered, "{d}");
-            *span = (start, rendered.len());
-        }
-    }
-    let rendered: &str = rendered;
-    let texts =
-        view.metadata.entries.iter_mut().map(|(_, v)| v).chain([&mut view.resource, &mut view.risk_score]);
-    for (&(start, end), text) in spans.iter().zip(texts) {
-        if let Text::Display(_) = text {
-            *text = Text::Str(rendered.get(start..end).unwrap_or_default());
-        }
-    }
-    view.encode_measured()
 }
 
 /// The matched policies of a decision as `id@version:Effect`, comma-separated.

@@ -41,7 +41,8 @@ thread_local! {
     /// The buffer a decision input is encoded into before its base64 goes into an event.
     static INPUT_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// The last policy request built on this thread, whose buffers the next one reuses: a
-    /// call takes it, overwrites every field in place, and gives it back once it is encoded.
+    /// call overwrites every field in place, decides and encodes it there, and takes back
+    /// only its parameters.
     static REQUEST: RefCell<Request> = RefCell::new(Request::default());
 }
 
@@ -73,8 +74,6 @@ struct Checked {
     canary: Option<VersionRef>,
     decision: Decision,
     snapshot: Snapshot,
-    /// The request decided (its input is encoded from it).
-    request: Request,
     deadline: Duration,
     held: InFlight,
 }
@@ -265,21 +264,36 @@ impl Host {
     fn prepare(
         &self,
         caller: &Caller,
-        mut call: ToolCall,
+        call: ToolCall,
         admitted: Admitted,
     ) -> std::result::Result<Ready, Box<(ToolCall, Refusal)>> {
-        let checked = match self.checks(caller, &mut call, admitted) {
+        // The request is filled, decided and encoded where it lives, never moved: it is large.
+        REQUEST.with_borrow_mut(|request| self.prepare_with(caller, call, admitted, request))
+    }
+
+    /// [`prepare`](Self::prepare) with this thread's request to fill.
+    fn prepare_with(
+        &self,
+        caller: &Caller,
+        mut call: ToolCall,
+        admitted: Admitted,
+        request: &mut Request,
+    ) -> std::result::Result<Ready, Box<(ToolCall, Refusal)>> {
+        let checked = match self.checks(caller, &mut call, admitted, request) {
             Ok(checked) => checked,
-            Err(refusal) => return Err(Box::new((call, refusal))),
+            Err(refusal) => {
+                // Do not keep a refused call's parameters until this thread's next call.
+                request.params.clear();
+                return Err(Box::new((call, refusal)));
+            }
         };
-        let Checked { contract, request_id, canary, decision, snapshot, mut request, deadline, held } =
-            checked;
+        let Checked { contract, request_id, canary, decision, snapshot, deadline, held } = checked;
         contract.version_text().clone_into(&mut call.contract_version);
         let canary = canary.as_ref().map(AsDebug);
         let digest = snapshot.digest();
         let start = INPUT_BUFFER.with_borrow_mut(|buf| {
             buf.clear();
-            aesp_policy::encode_input(&request, &snapshot, buf);
+            aesp_policy::encode_input(request, &snapshot, buf);
             let start = self.start_event(
                 caller,
                 &call,
@@ -297,7 +311,6 @@ impl Host {
         });
         // The validated parameters (with defaults applied) are what the runtime gets.
         call.parameters = std::mem::take(&mut request.params);
-        REQUEST.with_borrow_mut(|kept| *kept = request);
         Ok(Ready {
             call,
             contract,
@@ -324,35 +337,33 @@ impl Host {
         digest: &[u8; 32],
         input: &[u8],
     ) -> Bytes {
-        {
-            let described = Described::new(decision, snapshot, Text::Hex(digest), input);
-            let mut metadata = Metadata::default();
-            if let Some(canary) = canary {
-                metadata.insert("canary", Text::Display(canary));
-            }
-            metadata.insert("contract_version", Text::Str(contract.version_text()));
-            metadata.insert("correlation_id", Text::Str(&call.correlation_id));
-            metadata.insert("invocation_id", Text::Str(&call.invocation_id));
-            metadata.insert("runtime_id", Text::Str(held.permit.runtime().id()));
-            described.add_to(&mut metadata);
-            let risk = Risk(decision.risk_score());
-            EventView {
-                event_id: request_id.as_str(),
-                timestamp_ms: self.clock().now_ms(),
-                event_type: "TOOL_INVOCATION_START",
-                principal_id: caller.principal_id(),
-                tenant_id: caller.tenant_id(),
-                session_id: &call.session_id,
-                resource: Text::Concat(TOOL_PREFIX, &call.tool_name),
-                action: INVOKE_ACTION,
-                outcome: "SUCCESS",
-                source_ip: caller.source_ip(),
-                metadata,
-                risk_score: risk.text(),
-                ..EventView::default()
-            }
-            .encode()
+        let described = Described::new(decision, snapshot, Text::Hex(digest), input);
+        let risk = Risk(decision.risk_score());
+        // Built in place and encoded by reference: the view is over a kilobyte.
+        let mut view = EventView {
+            event_id: request_id.as_str(),
+            timestamp_ms: self.clock().now_ms(),
+            event_type: "TOOL_INVOCATION_START",
+            principal_id: caller.principal_id(),
+            tenant_id: caller.tenant_id(),
+            session_id: &call.session_id,
+            resource: Text::Concat(TOOL_PREFIX, &call.tool_name),
+            action: INVOKE_ACTION,
+            outcome: "SUCCESS",
+            source_ip: caller.source_ip(),
+            risk_score: risk.text(),
+            ..EventView::default()
+        };
+        let metadata = &mut view.metadata;
+        if let Some(canary) = canary {
+            metadata.insert("canary", Text::Display(canary));
         }
+        metadata.insert("contract_version", Text::Str(contract.version_text()));
+        metadata.insert("correlation_id", Text::Str(&call.correlation_id));
+        metadata.insert("invocation_id", Text::Str(&call.invocation_id));
+        metadata.insert("runtime_id", Text::Str(held.permit.runtime().id()));
+        described.add_to(metadata);
+        view.encode()
     }
 
     /// Audits a refusal (with the decision, if authorization refused) and returns the error
@@ -390,47 +401,46 @@ impl Host {
         decision: Option<&(Decision, DecisionInput, Snapshot)>,
         input: &[u8],
     ) -> Bytes {
-        {
-            let described = decision.map(|(decision, decision_input, snapshot)| {
-                (
-                    Described::new(decision, snapshot, Text::Str(&decision_input.snapshot_digest), input),
-                    Risk(decision.risk_score()),
-                )
-            });
-            let mut metadata = Metadata::default();
-            metadata.insert("invocation_id", Text::Str(&call.invocation_id));
-            metadata.insert("correlation_id", Text::Str(&call.correlation_id));
-            metadata.insert("reason", Text::Str(error.message()));
-            if let Some((described, _)) = &described {
-                described.add_to(&mut metadata);
-            }
-            EventView {
-                event_id: event_id.as_str(),
-                timestamp_ms: self.clock().now_ms(),
-                event_type: "AUTHORIZATION_DENIED",
-                principal_id: caller.principal_id(),
-                tenant_id: caller.tenant_id(),
-                session_id: &call.session_id,
-                resource: Text::Concat(TOOL_PREFIX, &call.tool_name),
-                action: INVOKE_ACTION,
-                outcome: "DENIED",
-                source_ip: caller.source_ip(),
-                metadata,
-                risk_score: described.as_ref().map_or(Text::Str(""), |(_, risk)| risk.text()),
-                policy_violation: Some(error.code_str()),
-                ..EventView::default()
-            }
-            .encode()
+        let described = decision.map(|(decision, decision_input, snapshot)| {
+            (
+                Described::new(decision, snapshot, Text::Str(&decision_input.snapshot_digest), input),
+                Risk(decision.risk_score()),
+            )
+        });
+        let mut view = EventView {
+            event_id: event_id.as_str(),
+            timestamp_ms: self.clock().now_ms(),
+            event_type: "AUTHORIZATION_DENIED",
+            principal_id: caller.principal_id(),
+            tenant_id: caller.tenant_id(),
+            session_id: &call.session_id,
+            resource: Text::Concat(TOOL_PREFIX, &call.tool_name),
+            action: INVOKE_ACTION,
+            outcome: "DENIED",
+            source_ip: caller.source_ip(),
+            risk_score: described.as_ref().map_or(Text::Str(""), |(_, risk)| risk.text()),
+            policy_violation: Some(error.code_str()),
+            ..EventView::default()
+        };
+        let metadata = &mut view.metadata;
+        metadata.insert("invocation_id", Text::Str(&call.invocation_id));
+        metadata.insert("correlation_id", Text::Str(&call.correlation_id));
+        metadata.insert("reason", Text::Str(error.message()));
+        if let Some((described, _)) = &described {
+            described.add_to(metadata);
         }
+        view.encode()
     }
 
     /// The checks of a call, in order; the call's parameters, validated, move into the
-    /// decision's request (whose parameters [`prepare`](Self::prepare) gives back).
+    /// decision's `request`, filled in place (whose parameters [`prepare`](Self::prepare) gives
+    /// back).
     fn checks(
         &self,
         caller: &Caller,
         call: &mut ToolCall,
         admitted: Admitted,
+        request: &mut Request,
     ) -> std::result::Result<Checked, Refusal> {
         let inner = &self.inner;
         let tenant = inner.tenants.active(caller.tenant_id()).map_err(|e| (e, None))?;
@@ -446,8 +456,7 @@ impl Host {
         // The Host assigns the request id that chooses canaries (never the caller), and uses it
         // as the id of the START event.
         let request_id = fast_id(self.clock().as_ref());
-        let mut request = REQUEST.with_borrow_mut(std::mem::take);
-        fill_request(&mut request, caller, &tenant, &contract, session, params, self.clock().now_ms(), call);
+        fill_request(request, caller, &tenant, &contract, session, params, self.clock().now_ms(), call);
         #[cfg(debug_assertions)]
         {
             let fresh = policy_request(
@@ -459,12 +468,12 @@ impl Host {
                 request.time_ms,
                 call,
             );
-            debug_assert_eq!(request, fresh, "a request filled in place differs from one built afresh");
+            debug_assert_eq!(*request, fresh, "a request filled in place differs from one built afresh");
         }
-        let outcome = inner.lifecycle.decide(&request, request_id.as_str());
+        let outcome = inner.lifecycle.decide(request, request_id.as_str());
         let (decision, snapshot) = (outcome.decision, outcome.snapshot);
         if !decision.allowed() {
-            let input = aesp_policy::to_input(request, &snapshot);
+            let input = aesp_policy::to_input(std::mem::take(request), &snapshot);
             let error = decision
                 .to_error()
                 .unwrap_or_else(|| Error::new(ErrorCode::AuthorizationDenied, decision.reason()));
@@ -486,7 +495,6 @@ impl Host {
             canary: outcome.canary,
             decision,
             snapshot,
-            request,
             deadline,
             held: InFlight { _admitted: admitted, active, _slot: slot, permit },
         })
@@ -583,7 +591,22 @@ impl Host {
         let event_id = fast_id(self.clock().as_ref());
         let execution_time_ms = now.saturating_sub(started);
         let risk = Risk(ready.risk_score);
-        let mut metadata = Metadata::default();
+        let mut view = EventView {
+            event_id: event_id.as_str(),
+            timestamp_ms: now,
+            event_type: "TOOL_INVOCATION_COMPLETE",
+            principal_id: caller.principal_id(),
+            tenant_id: caller.tenant_id(),
+            session_id: ready.held.active.session().id(),
+            resource: Text::Concat(TOOL_PREFIX, &ready.contract.contract().name),
+            action: INVOKE_ACTION,
+            outcome: outcome_of(result),
+            source_ip: caller.source_ip(),
+            risk_score: risk.text(),
+            policy_violation: result.as_ref().err().map(Error::code_str),
+            ..EventView::default()
+        };
+        let metadata = &mut view.metadata;
         if chunks > 0 {
             metadata.insert("chunks", Text::Number(chunks));
         }
@@ -596,23 +619,7 @@ impl Host {
         metadata.insert("invocation_id", Text::Str(&ready.call.invocation_id));
         metadata.insert("runtime_id", Text::Str(ready.held.permit.runtime().id()));
         metadata.insert("snapshot_digest", Text::Hex(&ready.snapshot_digest));
-        EventView {
-            event_id: event_id.as_str(),
-            timestamp_ms: now,
-            event_type: "TOOL_INVOCATION_COMPLETE",
-            principal_id: caller.principal_id(),
-            tenant_id: caller.tenant_id(),
-            session_id: ready.held.active.session().id(),
-            resource: Text::Concat(TOOL_PREFIX, &ready.contract.contract().name),
-            action: INVOKE_ACTION,
-            outcome: outcome_of(result),
-            source_ip: caller.source_ip(),
-            metadata,
-            risk_score: risk.text(),
-            policy_violation: result.as_ref().err().map(Error::code_str),
-            ..EventView::default()
-        }
-        .encode()
+        view.encode()
     }
 }
 
