@@ -25,7 +25,8 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<StreamChunk>> + Send + '
 ///   or with `DEADLINE_EXCEEDED`; a runtime that disconnects mid-call yields
 ///   `RESOURCE_UNAVAILABLE`. It never hangs the caller.
 /// - A result whose `invocation_id` differs from the call's is a protocol error
-///   (`INTERNAL_ERROR`), never delivered as the call's result.
+///   (`INTERNAL_ERROR`), never delivered as the call's result. The Host's pipeline checks
+///   this for every transport, so a transport need not repeat it.
 /// - `invoke_stream` yields chunks in `chunk_id` order starting at 0, without gaps, ending
 ///   with one chunk whose `is_final` is set or with an error; the same deadline applies to
 ///   the whole stream.

@@ -7,7 +7,7 @@
 
 use std::fmt::{self, Write as _};
 
-use aesp_policy::PolicyMatch;
+use aesp_policy::{Effect, PolicyMatch};
 use base64::Engine as _;
 use prost::{
     bytes::Bytes,
@@ -29,6 +29,9 @@ pub(crate) enum Text<'a> {
     Base64(&'a [u8]),
     /// Lowercase hexadecimal of bytes (a digest).
     Hex(&'a [u8]),
+    /// A decision's matched policies as `id@version:Effect`, comma-separated (the effect as
+    /// its `Debug` name), written without the formatting machinery.
+    Matches(&'a [PolicyMatch]),
 }
 
 impl Default for Text<'_> {
@@ -71,6 +74,13 @@ impl Text<'_> {
             Text::Base64(bytes) => base64::encoded_len(bytes.len(), true).unwrap_or(0),
             Text::Hex(bytes) => bytes.len() * 2,
             Text::Number(n) => decimal_len(*n),
+            Text::Matches(matches) => {
+                let pieces: usize = matches
+                    .iter()
+                    .map(|m| m.policy_id().len() + 1 + m.version().len() + 1 + effect_name(m).len())
+                    .sum();
+                pieces + matches.len().saturating_sub(1)
+            }
         }
     }
 
@@ -85,8 +95,25 @@ impl Text<'_> {
                 let _ = write!(Append(buf), "{d}");
             }
             Text::Hex(bytes) => {
-                for &byte in *bytes {
-                    buf.extend_from_slice(&HEX_PAIRS.get(usize::from(byte)).copied().unwrap_or_default());
+                // 32 bytes (a digest) at a time through a buffer: one copy each, not one per byte.
+                let mut pairs = [0u8; 64];
+                for chunk in bytes.chunks(32) {
+                    for (pair, &byte) in pairs.chunks_exact_mut(2).zip(chunk) {
+                        pair.copy_from_slice(&HEX_PAIRS.get(usize::from(byte)).copied().unwrap_or_default());
+                    }
+                    buf.extend_from_slice(pairs.get(..chunk.len() * 2).unwrap_or_default());
+                }
+            }
+            Text::Matches(matches) => {
+                for (i, m) in matches.iter().enumerate() {
+                    if i > 0 {
+                        buf.push(b',');
+                    }
+                    buf.extend_from_slice(m.policy_id().as_bytes());
+                    buf.push(b'@');
+                    buf.extend_from_slice(m.version().as_bytes());
+                    buf.push(b':');
+                    buf.extend_from_slice(effect_name(m).as_bytes());
                 }
             }
             Text::Number(n) => {
@@ -388,18 +415,12 @@ impl EventView<'_> {
     }
 }
 
-/// The matched policies of a decision as `id@version:Effect`, comma-separated.
-pub(crate) struct Matched<'a>(pub(crate) &'a [PolicyMatch]);
-
-impl fmt::Display for Matched<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, m) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{}@{}:{:?}", m.policy_id(), m.version(), m.effect())?;
-        }
-        Ok(())
+/// The `Debug` name of a matched policy's effect (what the audit trail has always recorded).
+fn effect_name(m: &PolicyMatch) -> &'static str {
+    match m.effect() {
+        Effect::Allow => "Allow",
+        Effect::Deny => "Deny",
+        Effect::Audit => "Audit",
     }
 }
 
@@ -478,6 +499,13 @@ mod tests {
             policy_violation: Some(""),
         });
         assert_eq!(Text::Hex(&[0x00, 0x9f, 0xa0, 0xff]).render(), "009fa0ff");
+        // Across the 32-byte chunks the writer works in.
+        let bytes: Vec<u8> = (0..=255u8).rev().collect();
+        for n in [0, 1, 31, 32, 33, 64, 65, 256] {
+            let expected: String = bytes[..n].iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(Text::Hex(&bytes[..n]).render(), expected);
+            assert_eq!(Text::Hex(&bytes[..n]).len(), expected.len());
+        }
         for n in [0, 1, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
             assert_eq!(Text::Number(n).render(), n.to_string());
             assert_eq!(Text::Number(n).len(), n.to_string().len());

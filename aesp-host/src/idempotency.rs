@@ -135,7 +135,7 @@ enum Slot {
     },
     Done {
         digest: [u8; 32],
-        outcome: Arc<Outcome>,
+        outcome: Outcome,
     },
 }
 
@@ -209,7 +209,7 @@ pub(crate) enum Claim<'t> {
     /// The same call is running: [`Idempotency::wait`] for its outcome.
     Running(Waiter<'t>),
     /// The same call completed: its outcome.
-    Done(Arc<Outcome>),
+    Done(Outcome),
 }
 
 /// A repeat waiting for the first attempt of its call.
@@ -229,13 +229,12 @@ pub(crate) struct Completer<'t> {
 
 impl Completer<'_> {
     /// Records the outcome and wakes the waiting repeats.
-    pub(crate) fn finish(mut self, outcome: Outcome) -> Arc<Outcome> {
-        let outcome = Arc::new(outcome);
+    pub(crate) fn finish(mut self, outcome: Outcome) {
         if let Some(key) = self.key.take() {
             let expires = self.table.clock.now_ms().saturating_add(self.table.window_ms);
             let guarded = self.table.shard(&key);
             let mut shard = lock(&guarded.shard);
-            let done = Slot::Done { digest: self.digest, outcome: Arc::clone(&outcome) };
+            let done = Slot::Done { digest: self.digest, outcome };
             let waited = match shard.slots.get_mut(&key) {
                 Some(entry) => {
                     let waited = matches!(entry.0, Slot::Running { waiters: true, .. });
@@ -254,7 +253,6 @@ impl Completer<'_> {
                 guarded.ended.notify_waiters();
             }
         }
-        outcome
     }
 }
 
@@ -367,7 +365,7 @@ impl Idempotency {
                         *waiters = true;
                         Claim::Running(Waiter { table: self, key, attempt: *attempt })
                     }
-                    Slot::Done { outcome, .. } => Claim::Done(Arc::clone(outcome)),
+                    Slot::Done { outcome, .. } => Claim::Done(outcome.clone()),
                 })
             }
             _ if full => Err(Error::new(
@@ -399,7 +397,7 @@ impl Idempotency {
     }
 
     /// Waits for a running call's outcome; `None` if it was cancelled.
-    pub(crate) async fn wait(waiter: Waiter<'_>) -> Option<Arc<Outcome>> {
+    pub(crate) async fn wait(waiter: Waiter<'_>) -> Option<Outcome> {
         let guarded = waiter.table.shard(&waiter.key);
         loop {
             // Registered before the slot is looked at, so that an end in between is not missed.
@@ -408,7 +406,7 @@ impl Idempotency {
             ended.as_mut().enable();
             match lock(&guarded.shard).slots.get(&waiter.key) {
                 Some((Slot::Running { attempt, .. }, _)) if *attempt == waiter.attempt => {}
-                Some((Slot::Done { outcome, .. }, _)) => return Some(Arc::clone(outcome)),
+                Some((Slot::Done { outcome, .. }, _)) => return Some(outcome.clone()),
                 // Removed (cancelled), or a later attempt: the first one was cancelled.
                 _ => return None,
             }

@@ -21,7 +21,7 @@ use prost::{Message as _, bytes::Bytes};
 use crate::{
     caller::Caller,
     contracts::CompiledContract,
-    events::{AsDebug, EventView, Matched, Metadata, Risk, Text},
+    events::{AsDebug, EventView, Metadata, Risk, Text},
     host::Host,
     idempotency::{Claim, Idempotency, Outcome, call_digest},
     ids::{IdText, fast_id},
@@ -94,20 +94,13 @@ fn outcome_of(result: &Result<ToolResult>) -> &'static str {
 struct Described<'a> {
     decision: &'a Decision,
     snapshot_version: u64,
-    matched: Matched<'a>,
     digest: Text<'a>,
     input: &'a [u8],
 }
 
 impl<'a> Described<'a> {
     fn new(decision: &'a Decision, snapshot: &Snapshot, digest: Text<'a>, input: &'a [u8]) -> Self {
-        Self {
-            decision,
-            snapshot_version: snapshot.version(),
-            matched: Matched(decision.matched()),
-            digest,
-            input,
-        }
+        Self { decision, snapshot_version: snapshot.version(), digest, input }
     }
 
     fn add_to(&'a self, metadata: &mut Metadata<'a>) {
@@ -117,7 +110,7 @@ impl<'a> Described<'a> {
         metadata.insert("decision", Text::Str(if self.decision.allowed() { "ALLOW" } else { "DENY" }));
         metadata.insert("decision_input", Text::Base64(self.input));
         metadata.insert("decision_reason", Text::Str(self.decision.reason()));
-        metadata.insert("matched_policies", Text::Display(&self.matched));
+        metadata.insert("matched_policies", Text::Matches(self.decision.matched()));
         metadata.insert("snapshot_digest", self.digest);
         metadata.insert("snapshot_version", Text::Number(self.snapshot_version));
     }
@@ -537,6 +530,17 @@ impl Host {
         ready.call.invocation_id.clone_from(&call.invocation_id);
         ready.call.correlation_id.clone_from(&call.correlation_id);
         let mut result = ready.held.permit.runtime().transport().invoke(call, ready.deadline).await;
+        if let Ok(r) = &result
+            && r.invocation_id != ready.call.invocation_id
+        {
+            // Whatever the transport, a result is only ever the answer to its own call.
+            result = Err(Error::internal(format!(
+                "runtime `{}` answered invocation `{}` with the result of `{}`",
+                ready.held.permit.runtime().id(),
+                shorten(&ready.call.invocation_id),
+                shorten(&r.invocation_id)
+            )));
+        }
         if let Ok(r) = &mut result {
             if r.correlation_id.is_empty() {
                 r.correlation_id.clone_from(&ready.call.correlation_id);

@@ -102,7 +102,12 @@ async fn every_refusal_says_why_and_is_audited() {
         .into_iter()
         .find(|e| e.metadata.get("invocation_id").map(String::as_str) == Some("r-4"))
         .expect("denial");
-    assert!(denial.metadata["matched_policies"].contains("no-drop@1"), "{:?}", denial.metadata);
+    // Each matched policy as `id@version:Effect`, comma-separated.
+    assert!(
+        denial.metadata["matched_policies"].split(',').any(|m| m == "no-drop@1.0.0:Deny"),
+        "{:?}",
+        denial.metadata
+    );
     assert!(!denial.metadata["decision_input"].is_empty());
 
     // No role granting the tool: denied by RBAC (default deny).
@@ -262,6 +267,13 @@ async fn runtime_timeouts_failures_and_contract_breaches_are_clear_and_audited()
     let error = f.host.invoke(&f.alice, f.call("t-4", "x")).await.expect_err("breaks the return type");
     assert_eq!(error.code(), ErrorCode::InternalError);
     assert!(error.message().contains("return type"), "{error}");
+
+    // A result that answers another invocation is not passed on as this call's.
+    f.set_mode("misdirected");
+    let error = f.host.invoke(&f.alice, f.call("t-5", "x")).await.expect_err("another call's result");
+    assert_eq!(error.code(), ErrorCode::InternalError);
+    assert!(error.message().contains("answered invocation `t-5` with the result of `not-t-5`"), "{error}");
+    assert_eq!(f.events_of("t-5").await, ["TOOL_INVOCATION_START:SUCCESS", "TOOL_INVOCATION_COMPLETE:ERROR"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,6 +189,14 @@ pub(crate) fn handler(behaviour: Arc<Behaviour>) -> impl aesp_host::ToolHandler 
                 }
                 "crash" => return Err(Error::unavailable("the database is down")),
                 "bad" => Value::object([("rows", Value::string("many"))]),
+                "misdirected" => {
+                    return Ok(ToolResult {
+                        invocation_id: format!("not-{}", call.invocation_id),
+                        status: ToolResultStatus::Success as i32,
+                        payload: Some(Value::object([("rows", Value::integer(3))])),
+                        ..ToolResult::default()
+                    });
+                }
                 "fail" => {
                     return Ok(ToolResult {
                         invocation_id: call.invocation_id,
