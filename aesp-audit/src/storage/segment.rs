@@ -150,7 +150,14 @@ struct Shared {
     failed: AtomicBool,
     /// Recently read frames, decoded: (segment first index, generation, frame offset) → frame.
     frames: Mutex<VecDeque<(FrameKey, Arc<DecodedFrame>)>>,
+    /// The buffer the last group commit's frame was built in, kept for the next one: a group
+    /// commit is typically hundreds of kilobytes, and allocating that afresh each time makes
+    /// the allocator hand pages back to the kernel and fault them in again.
+    spare_frame: Mutex<Vec<u8>>,
 }
+
+/// The largest frame buffer kept for the next group commit.
+const MAX_SPARE_FRAME: usize = 8 << 20;
 
 /// A cached frame's key: its segment's first index and generation, and its offset.
 type FrameKey = (u64, u64, u64);
@@ -612,6 +619,7 @@ impl SegmentStorage {
                 fs,
                 options,
                 writer: Mutex::new(()),
+                spare_frame: Mutex::new(Vec::new()),
                 // Opening cut any zeros off the last segment.
                 index: RwLock::new(Index { prepared: segments.last().map_or(0, |s| s.len), segments, size }),
                 meta: Mutex::new(Meta {
@@ -1021,7 +1029,9 @@ impl LogStorage for SegmentStorage {
                 self.shared.options.max_frame_bytes
             )));
         }
-        let mut frame = Vec::with_capacity(total.saturating_add(RECORD_HEADER));
+        let mut frame = std::mem::take(&mut *lock(&self.shared.spare_frame));
+        frame.clear();
+        frame.reserve(total.saturating_add(RECORD_HEADER));
         frame.resize(RECORD_HEADER, 0);
         for e in entries {
             let len = u32::try_from(e.len())
@@ -1031,7 +1041,14 @@ impl LogStorage for SegmentStorage {
             frame.extend_from_slice(&len.to_le_bytes());
             frame.extend_from_slice(e);
         }
-        self.blocking(move |s| s.append(&mut frame, count)).await
+        self.blocking(move |s| {
+            let appended = s.append(&mut frame, count);
+            if frame.capacity() <= MAX_SPARE_FRAME {
+                *lock(&s.spare_frame) = frame;
+            }
+            appended
+        })
+        .await
     }
 
     async fn state(&self) -> Result<StorageState> {
