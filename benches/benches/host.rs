@@ -10,7 +10,10 @@
 //! the number of concurrent callers, `AESP_BENCH_CALLS` (default 100,000) for the calls of the
 //! fixed run, and `AESP_BENCH_RUNS=plain` or `token` for one run only).
 //! Prints throughput, p50 and p99 latency, and the CPU time per call (all threads, from
-//! `/proc/self/stat`): the figure that tells the pipeline's cost apart from fsync waits. For a
+//! `/proc/self/stat`): the figure that tells the pipeline's cost apart from fsync waits. It also
+//! prints how much of the machine's CPU time was idle (or waiting for I/O) and how much the
+//! hypervisor stole during the run (`/proc/stat`): on a shared virtual machine, a run with much
+//! stolen time measured less machine than it seems to. For a
 //! figure the machine's other load does not move, `benches/instructions.sh` counts the
 //! instructions per call under valgrind.
 #![expect(clippy::expect_used, reason = "a benchmark fails by panicking")]
@@ -138,12 +141,33 @@ fn cpu_time() -> Option<Duration> {
     Some(Duration::from_millis(user.saturating_add(system).saturating_mul(10)))
 }
 
+/// The machine's CPU time so far, from the `cpu` line of `/proc/stat`, in clock ticks: (all,
+/// idle and I/O wait, stolen by the hypervisor); `None` where that file is not there.
+fn machine_time() -> Option<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal (guest time is counted in user).
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).take(8).filter_map(|f| f.parse().ok()).collect();
+    let idle = ticks.get(3)?.saturating_add(*ticks.get(4)?);
+    Some((ticks.iter().sum(), idle, *ticks.get(7)?))
+}
+
+/// The share of the machine's CPU time between `before` and `after` that was idle and that
+/// was stolen, in percent: a run with much of either measured a machine it did not have.
+fn idle_and_steal(before: (u64, u64, u64), after: (u64, u64, u64)) -> (f64, f64) {
+    let all = after.0.saturating_sub(before.0).max(1) as f64;
+    let idle = after.1.saturating_sub(before.1) as f64;
+    let steal = after.2.saturating_sub(before.2) as f64;
+    (100.0 * idle / all, 100.0 * steal / all)
+}
+
 /// The fixed run: throughput, the latency distribution and the CPU time per call, printed.
 fn fixed_run(rt: &tokio::runtime::Runtime, setup: &Arc<Setup>, callers: usize, label: &str) {
     let calls = std::env::var("AESP_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000u64);
-    let cpu_before = cpu_time();
+    let (cpu_before, machine_before) = (cpu_time(), machine_time());
     let (elapsed, mut latencies) = rt.block_on(setup.run(calls, callers));
     let cpu = cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
+    let machine = machine_before.zip(machine_time()).map(|(before, after)| idle_and_steal(before, after));
     latencies.sort();
     let pick = |q: f64| {
         #[expect(
@@ -157,12 +181,14 @@ fn fixed_run(rt: &tokio::runtime::Runtime, setup: &Arc<Setup>, callers: usize, l
     };
     println!(
         "\nhost pipeline{label}: {calls} calls from {callers} concurrent callers in {:.2} s = {:.0} invocations/s; \
-         latency p50 {:.2} ms, p99 {:.2} ms; CPU {:.1} core-µs per call",
+         latency p50 {:.2} ms, p99 {:.2} ms; CPU {:.1} core-µs per call; machine idle {:.0}%, stolen {:.0}%",
         elapsed.as_secs_f64(),
         calls as f64 / elapsed.as_secs_f64(),
         pick(0.50).as_secs_f64() * 1e3,
         pick(0.99).as_secs_f64() * 1e3,
         cpu.map_or(f64::NAN, |cpu| cpu.as_secs_f64() * 1e6 / calls as f64),
+        machine.map_or(f64::NAN, |m| m.0),
+        machine.map_or(f64::NAN, |m| m.1),
     );
 }
 
