@@ -156,13 +156,24 @@ impl Shard {
         while let Some((expires, old)) = self.order.pop_front() {
             // Queued entries whose call was since replaced (expired, then begun again) are
             // skipped: the later call queues its own when it finishes.
-            if matches!(self.slots.get(&old), Some((Slot::Done { .. }, expiry)) if *expiry == expires) {
-                self.slots.remove(&old);
+            if self.remove_if(old, |slot, expiry| expiry == expires && matches!(slot, Slot::Done { .. })) {
                 self.evicted = self.evicted.wrapping_add(1);
                 return true;
             }
         }
         false
+    }
+
+    /// Removes `key`'s entry if `condition` holds for its slot and expiry (one lookup);
+    /// whether it did.
+    fn remove_if(&mut self, key: Key, condition: impl FnOnce(&Slot, u64) -> bool) -> bool {
+        match self.slots.entry(key) {
+            Entry::Occupied(entry) if condition(&entry.get().0, entry.get().1) => {
+                entry.remove();
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -328,18 +339,9 @@ impl Idempotency {
         let now = self.clock.now_ms();
         let mut shard = lock(&self.shard(&key).shard);
         // Forget what has expired (oldest first).
-        while let Some((expires, old)) = shard.order.front() {
-            if *expires > now {
-                break;
-            }
-            let old = old.clone();
-            shard.order.pop_front();
-            if shard
-                .slots
-                .get(&old)
-                .is_some_and(|(slot, expiry)| *expiry <= now && matches!(slot, Slot::Done { .. }))
-            {
-                shard.slots.remove(&old);
+        while shard.order.front().is_some_and(|(expires, _)| *expires <= now) {
+            if let Some((_, old)) = shard.order.pop_front() {
+                shard.remove_if(old, |slot, expiry| expiry <= now && matches!(slot, Slot::Done { .. }));
             }
         }
         // A new key needs a place (a key already there reuses its own): when the table is

@@ -84,7 +84,13 @@ fn next_bits() -> (u64, u16) {
 
 /// A new UUID v7 at `clock`'s current time.
 pub(crate) fn fast_id(clock: &dyn Clock) -> IdText {
-    let ms = clock.now_ms() & 0xffff_ffff_ffff;
+    fast_id_at(clock.now_ms())
+}
+
+/// A new UUID v7 at `now_ms` (milliseconds since the epoch), for a caller that has read the
+/// clock already.
+pub(crate) fn fast_id_at(now_ms: u64) -> IdText {
+    let ms = now_ms & 0xffff_ffff_ffff;
     let (bits, tag) = next_bits();
     // rand_a (12 bits): the thread's 10 bits, then the top 2 bits of `bits`; rand_b (62 bits):
     // the rest of `bits`. So `bits` is whole in every id.

@@ -24,7 +24,7 @@ use crate::{
     events::{AsDebug, EventView, Metadata, Risk, Text},
     host::Host,
     idempotency::{Claim, Idempotency, Outcome, call_digest},
-    ids::{IdText, fast_id},
+    ids::{IdText, fast_id, fast_id_at},
     limits::{Admitted, TenantSlot},
     records::{check_name, shorten},
     runtimes::RuntimePermit,
@@ -71,6 +71,8 @@ struct Ready {
 struct Checked {
     contract: Arc<CompiledContract>,
     request_id: IdText,
+    /// When the checks ran (the one reading of the clock they share).
+    now_ms: u64,
     canary: Option<VersionRef>,
     decision: Decision,
     snapshot: Snapshot,
@@ -280,7 +282,7 @@ impl Host {
                 return Err(Box::new((call, refusal)));
             }
         };
-        let Checked { contract, request_id, canary, decision, snapshot, deadline, held } = checked;
+        let Checked { contract, request_id, now_ms, canary, decision, snapshot, deadline, held } = checked;
         contract.version_text().clone_into(&mut call.contract_version);
         let canary = canary.as_ref().map(AsDebug);
         let digest = snapshot.digest();
@@ -293,6 +295,7 @@ impl Host {
                 &contract,
                 &held,
                 &request_id,
+                now_ms,
                 canary.as_ref(),
                 &decision,
                 &snapshot,
@@ -324,6 +327,7 @@ impl Host {
         contract: &CompiledContract,
         held: &InFlight,
         request_id: &IdText,
+        now_ms: u64,
         canary: Option<&AsDebug<'_, VersionRef>>,
         decision: &Decision,
         snapshot: &Snapshot,
@@ -335,7 +339,7 @@ impl Host {
         // Built in place and encoded by reference: the view is over a kilobyte.
         let mut view = EventView {
             event_id: request_id.as_str(),
-            timestamp_ms: self.clock().now_ms(),
+            timestamp_ms: now_ms,
             event_type: "TOOL_INVOCATION_START",
             principal_id: caller.principal_id(),
             tenant_id: caller.tenant_id(),
@@ -436,8 +440,11 @@ impl Host {
         request: &mut Request,
     ) -> std::result::Result<Checked, Refusal> {
         let inner = &self.inner;
+        // One reading of the clock for every check, the decision and the START event.
+        let now_ms = self.clock().now_ms();
         let tenant = inner.tenants.active(caller.tenant_id()).map_err(|e| (e, None))?;
-        let active = inner.sessions.begin_invocation(caller, &call.session_id).map_err(|e| (e, None))?;
+        let active =
+            inner.sessions.begin_invocation(caller, &call.session_id, now_ms).map_err(|e| (e, None))?;
         let session = active.session();
         let contract = self.resolve_contract(caller, call).map_err(|e| (e, None))?;
         contract
@@ -448,8 +455,8 @@ impl Host {
 
         // The Host assigns the request id that chooses canaries (never the caller), and uses it
         // as the id of the START event.
-        let request_id = fast_id(self.clock().as_ref());
-        fill_request(request, caller, &tenant, &contract, session, params, self.clock().now_ms(), call);
+        let request_id = fast_id_at(now_ms);
+        fill_request(request, caller, &tenant, &contract, session, params, now_ms, call);
         #[cfg(debug_assertions)]
         {
             let fresh = policy_request(
@@ -476,7 +483,7 @@ impl Host {
         let slot = inner.limits.acquire(caller.tenant_id(), tenant.quotas.as_ref()).map_err(|e| (e, None))?;
         let permit = inner
             .runtimes
-            .route(caller.tenant_id(), &call.tool_name, contract.version())
+            .route(caller.tenant_id(), &call.tool_name, contract.version(), now_ms)
             .map_err(|e| (e, None))?;
 
         let requested = Duration::from_millis(call.timeout_ms);
@@ -485,6 +492,7 @@ impl Host {
         Ok(Checked {
             contract,
             request_id,
+            now_ms,
             canary: outcome.canary,
             decision,
             snapshot,
@@ -592,7 +600,7 @@ impl Host {
         chunks: u64,
     ) -> Bytes {
         let now = self.clock().now_ms();
-        let event_id = fast_id(self.clock().as_ref());
+        let event_id = fast_id_at(now);
         let execution_time_ms = now.saturating_sub(started);
         let risk = Risk(ready.risk_score);
         let mut view = EventView {

@@ -244,15 +244,15 @@ impl Runtimes {
         all
     }
 
-    /// A place on the least-loaded healthy runtime of `tenant` that serves `contract` at
-    /// `version` and has room: `RESOURCE_UNAVAILABLE` if none does.
+    /// A place on the least-loaded runtime of `tenant` that serves `contract` at `version`, is
+    /// healthy at `now` and has room: `RESOURCE_UNAVAILABLE` if none does.
     pub(crate) fn route(
         &self,
         tenant: &str,
         contract: &str,
         version: &semver::Version,
+        now: u64,
     ) -> Result<RuntimePermit> {
-        let now = self.clock.now_ms();
         let by_id = self.by_id.read().unwrap_or_else(PoisonError::into_inner);
         let eligible = |r: &&Arc<RuntimeEntry>| {
             r.tenant_id() == tenant
@@ -468,25 +468,35 @@ mod tests {
         );
         let v1 = semver::Version::new(1, 4, 0);
 
-        let permit = runtimes.route("acme", "sql", &v1).unwrap();
+        let permit = runtimes.route("acme", "sql", &v1, clock.now_ms()).unwrap();
         assert_eq!(permit.runtime().id(), "rt-a");
         // rt-a is at its limit of 1; rt-b does not serve 1.x.
-        assert_eq!(runtimes.route("acme", "sql", &v1).unwrap_err().code(), ErrorCode::ResourceUnavailable);
-        drop(permit);
-        assert!(runtimes.route("acme", "sql", &v1).is_ok());
         assert_eq!(
-            runtimes.route("acme", "sql", &semver::Version::new(2, 0, 0)).unwrap().runtime().id(),
+            runtimes.route("acme", "sql", &v1, clock.now_ms()).unwrap_err().code(),
+            ErrorCode::ResourceUnavailable
+        );
+        drop(permit);
+        assert!(runtimes.route("acme", "sql", &v1, clock.now_ms()).is_ok());
+        assert_eq!(
+            runtimes
+                .route("acme", "sql", &semver::Version::new(2, 0, 0), clock.now_ms())
+                .unwrap()
+                .runtime()
+                .id(),
             "rt-b"
         );
         // Another tenant never reaches acme's runtimes.
-        assert_eq!(runtimes.route("globex", "sql", &v1).unwrap_err().code(), ErrorCode::ResourceUnavailable);
+        assert_eq!(
+            runtimes.route("globex", "sql", &v1, clock.now_ms()).unwrap_err().code(),
+            ErrorCode::ResourceUnavailable
+        );
         assert_eq!(runtimes.get("globex", "rt-a").unwrap_err().code(), ErrorCode::TenantAccessDenied);
 
         // Missed heartbeats make a runtime unhealthy; a heartbeat brings it back.
         clock.advance(Duration::from_secs(31));
-        assert!(runtimes.route("acme", "sql", &v1).is_err());
+        assert!(runtimes.route("acme", "sql", &v1, clock.now_ms()).is_err());
         assert_eq!(runtimes.heartbeat("acme", "rt-a").unwrap(), RuntimeHealth::Healthy);
-        assert!(runtimes.route("acme", "sql", &v1).is_ok());
+        assert!(runtimes.route("acme", "sql", &v1, clock.now_ms()).is_ok());
     }
 
     #[tokio::test]

@@ -301,6 +301,11 @@ impl Sessions {
     /// The session `id` as `caller` may see it: in the caller's tenant (another tenant's
     /// session is `TENANT_ACCESS_DENIED`), not expired (`SESSION_EXPIRED`).
     pub(crate) fn get(&self, caller: &Caller, id: &str) -> Result<Arc<SessionEntry>> {
+        self.get_at(caller, id, self.clock.now_ms())
+    }
+
+    /// [`get`](Self::get) at `now` (milliseconds since the epoch).
+    fn get_at(&self, caller: &Caller, id: &str, now: u64) -> Result<Arc<SessionEntry>> {
         let entry = self
             .find(id)
             .ok_or_else(|| Error::not_found(format!("session `{}` does not exist", shorten(id))))?;
@@ -311,7 +316,7 @@ impl Sessions {
                 .with_security_implication("a cross-tenant session access was attempted")
                 .escalate());
         }
-        if entry.expires_at_ms() <= self.clock.now_ms() {
+        if entry.expires_at_ms() <= now {
             return Err(Error::new(
                 ErrorCode::SessionExpired,
                 format!("session `{}` has expired", shorten(id)),
@@ -321,10 +326,11 @@ impl Sessions {
         Ok(entry)
     }
 
-    /// The session for an invocation by `caller`: [`get`](Self::get), plus the same principal,
-    /// not closing; counts the invocation active and refreshes the session's last access.
-    pub(crate) fn begin_invocation(&self, caller: &Caller, id: &str) -> Result<ActiveInvocation> {
-        let entry = self.get(caller, id)?;
+    /// The session for an invocation by `caller` at `now` (the pipeline's one reading of the
+    /// clock for its checks): [`get`](Self::get), plus the same principal, not closing; counts
+    /// the invocation active and refreshes the session's last access.
+    pub(crate) fn begin_invocation(&self, caller: &Caller, id: &str, now: u64) -> Result<ActiveInvocation> {
+        let entry = self.get_at(caller, id, now)?;
         if entry.principal_id() != caller.principal_id() {
             return Err(Error::new(
                 ErrorCode::AuthorizationDenied,
@@ -340,7 +346,6 @@ impl Sessions {
             return Err(Error::new(ErrorCode::FailedPrecondition, "the session is being destroyed"));
         }
         // Written only when it moves on: the calls of one millisecond share the cache line.
-        let now = self.clock.now_ms();
         if entry.last_access_ms.load(Ordering::Relaxed) < now {
             entry.last_access_ms.fetch_max(now, Ordering::Relaxed);
         }
@@ -485,7 +490,7 @@ mod tests {
         assert_eq!(s.get(&mallory, &id).unwrap_err().code(), ErrorCode::TenantAccessDenied);
         // Another principal of the same tenant cannot invoke in it.
         assert_eq!(
-            s.begin_invocation(&caller("acme", "bob"), &id).unwrap_err().code(),
+            s.begin_invocation(&caller("acme", "bob"), &id, clock.now_ms()).unwrap_err().code(),
             ErrorCode::AuthorizationDenied
         );
 
@@ -496,7 +501,7 @@ mod tests {
 
         // Sliding expiry: use keeps it alive; idleness expires it.
         clock.advance(Duration::from_secs(50));
-        drop(s.begin_invocation(&alice, &id).unwrap());
+        drop(s.begin_invocation(&alice, &id, clock.now_ms()).unwrap());
         clock.advance(Duration::from_secs(50));
         assert!(s.get(&alice, &id).is_ok());
         clock.advance(Duration::from_secs(11));
@@ -512,7 +517,7 @@ mod tests {
         let s = sessions(&clock, Arc::new(MemoryStore::default())).await;
         let alice = caller("acme", "alice");
         let id = s.create(&alice, NewSession::default(), 0).await.unwrap().id().to_owned();
-        let active = s.begin_invocation(&alice, &id).unwrap();
+        let active = s.begin_invocation(&alice, &id, clock.now_ms()).unwrap();
         let error = s.destroy(&alice, &id, false, Duration::from_millis(20)).await.unwrap_err();
         assert_eq!(error.code(), ErrorCode::FailedPrecondition);
         // Once the invocation ends, destroy goes through.
@@ -528,7 +533,7 @@ mod tests {
         assert_eq!(s.get(&alice, &id).unwrap_err().code(), ErrorCode::NotFound);
 
         let id = s.create(&alice, NewSession::default(), 0).await.unwrap().id().to_owned();
-        let _active = s.begin_invocation(&alice, &id).unwrap();
+        let _active = s.begin_invocation(&alice, &id, clock.now_ms()).unwrap();
         s.destroy(&alice, &id, true, Duration::ZERO).await.unwrap();
         assert!(s.get(&alice, &id).is_err());
     }
@@ -546,7 +551,7 @@ mod tests {
             .id()
             .to_owned();
         clock.advance(Duration::from_secs(40));
-        drop(s.begin_invocation(&alice, &id).unwrap());
+        drop(s.begin_invocation(&alice, &id, clock.now_ms()).unwrap());
         assert_eq!(s.checkpoint().await.unwrap(), (1, 0));
         clock.advance(Duration::from_secs(40));
         let again = sessions(&clock, store).await;
