@@ -136,22 +136,32 @@ impl Host {
         )?;
         let completer = match claim {
             Claim::Done(outcome) => return replay(&outcome),
-            Claim::Running(done) => {
-                return match Idempotency::wait(done).await {
-                    Some(outcome) => replay(&outcome),
-                    None => Err(Error::new(
-                        ErrorCode::Cancelled,
-                        "the first attempt of this invocation was cancelled",
-                    )
-                    .with_remediation("retry")),
-                };
-            }
+            // Boxed: the rare path's state stays out of every call's future.
+            Claim::Running(done) => return Box::pin(wait_for_first(done)).await,
             Claim::First(completer) => completer,
         };
-        // Refused before the tool ran: returning drops the completer, which forgets the id so
-        // that a retry runs.
-        let ready = self.admit_call(caller, call, admitted).await?;
-        let result = self.run(caller, ready).await;
+        // Refused before the tool ran (by a check, or because START could not be made
+        // durable): returning drops the completer, which forgets the id so that a retry runs.
+        // The steps are awaited here rather than in helpers: each nested future would be
+        // built and then copied into this one, and this one into its caller's.
+        let mut ready = self.admit_call(caller, call, admitted).await?;
+        self.record_encoded(std::mem::take(&mut ready.start)).await?;
+        let started = self.clock().now_ms();
+        // The call goes to the runtime; what COMPLETE repeats of it (its ids) stays.
+        let call = std::mem::take(&mut ready.call);
+        ready.call.invocation_id.clone_from(&call.invocation_id);
+        ready.call.correlation_id.clone_from(&call.correlation_id);
+        let mut result = ready.held.permit.runtime().transport().invoke(call, ready.deadline).await;
+        check_result(&ready, &mut result);
+        // The tool ran: from here on the outcome is remembered, even an audit failure, so that
+        // a retry cannot run it twice.
+        let event = self.complete_event(caller, &ready, &result, started, 0);
+        let result = match self.record_encoded(event).await {
+            Ok(_) => {
+                result.map_err(|e| e.with_correlation_id(std::mem::take(&mut ready.call.correlation_id)))
+            }
+            Err(audit) => Err(audit),
+        };
         let recorded: Outcome = match &result {
             Ok(r) => Ok(Bytes::from(r.encode_to_vec())),
             Err(e) => Err(Box::new(e.to_enterprise_error())),
@@ -529,53 +539,6 @@ impl Host {
         })
     }
 
-    /// Audits START (durably), runs the tool, checks the result, audits COMPLETE (durably).
-    async fn run(&self, caller: &Caller, mut ready: Ready) -> Result<ToolResult> {
-        self.record_encoded(std::mem::take(&mut ready.start)).await?;
-        let started = self.clock().now_ms();
-        // The call goes to the runtime; what COMPLETE repeats of it (its ids) stays.
-        let call = std::mem::take(&mut ready.call);
-        ready.call.invocation_id.clone_from(&call.invocation_id);
-        ready.call.correlation_id.clone_from(&call.correlation_id);
-        let mut result = ready.held.permit.runtime().transport().invoke(call, ready.deadline).await;
-        if let Ok(r) = &result
-            && r.invocation_id != ready.call.invocation_id
-        {
-            // Whatever the transport, a result is only ever the answer to its own call.
-            result = Err(Error::internal(format!(
-                "runtime `{}` answered invocation `{}` with the result of `{}`",
-                ready.held.permit.runtime().id(),
-                shorten(&ready.call.invocation_id),
-                shorten(&r.invocation_id)
-            )));
-        }
-        if let Ok(r) = &mut result {
-            if r.correlation_id.is_empty() {
-                r.correlation_id.clone_from(&ready.call.correlation_id);
-            }
-            if r.status() == ToolResultStatus::Success
-                && let Some(returns) = ready.contract.returns()
-            {
-                let checked = match &r.payload {
-                    Some(payload) => returns.check(payload),
-                    None => returns.check(&Value::default()),
-                };
-                if let Err(violations) = checked {
-                    result = Err(Error::new(
-                        ErrorCode::InternalError,
-                        format!(
-                            "runtime `{}` returned a result that breaks the contract's return type: {violations}",
-                            ready.held.permit.runtime().id()
-                        ),
-                    )
-                    .with_detail("rule", "return_type"));
-                }
-            }
-        }
-        self.complete(caller, &ready, &result, started, 0).await?;
-        result.map_err(|e| e.with_correlation_id(std::mem::take(&mut ready.call.correlation_id)))
-    }
-
     /// Audits COMPLETE (durably) for the call of `ready` (whose invocation and correlation ids
     /// `ready.call` keeps once the call has gone to the runtime).
     async fn complete(
@@ -632,6 +595,54 @@ impl Host {
         metadata.insert("runtime_id", Text::Str(ready.held.permit.runtime().id()));
         metadata.insert("snapshot_digest", Text::Hex(&ready.snapshot_digest));
         view.encode()
+    }
+}
+
+/// Waits for the first attempt of a call that is running and returns its outcome.
+async fn wait_for_first(done: crate::idempotency::Waiter<'_>) -> Result<ToolResult> {
+    match Idempotency::wait(done).await {
+        Some(outcome) => replay(&outcome),
+        None => Err(Error::new(ErrorCode::Cancelled, "the first attempt of this invocation was cancelled")
+            .with_remediation("retry")),
+    }
+}
+
+/// Checks a runtime's answer to the call of `ready`: that it answers this invocation (whatever
+/// the transport), and that a success matches the contract's return type; fills in the
+/// correlation id a runtime left out.
+fn check_result(ready: &Ready, result: &mut Result<ToolResult>) {
+    if let Ok(r) = &*result
+        && r.invocation_id != ready.call.invocation_id
+    {
+        *result = Err(Error::internal(format!(
+            "runtime `{}` answered invocation `{}` with the result of `{}`",
+            ready.held.permit.runtime().id(),
+            shorten(&ready.call.invocation_id),
+            shorten(&r.invocation_id)
+        )));
+    }
+    if let Ok(r) = result {
+        if r.correlation_id.is_empty() {
+            r.correlation_id.clone_from(&ready.call.correlation_id);
+        }
+        if r.status() == ToolResultStatus::Success
+            && let Some(returns) = ready.contract.returns()
+        {
+            let checked = match &r.payload {
+                Some(payload) => returns.check(payload),
+                None => returns.check(&Value::default()),
+            };
+            if let Err(violations) = checked {
+                *result = Err(Error::new(
+                    ErrorCode::InternalError,
+                    format!(
+                        "runtime `{}` returned a result that breaks the contract's return type: {violations}",
+                        ready.held.permit.runtime().id()
+                    ),
+                )
+                .with_detail("rule", "return_type"));
+            }
+        }
     }
 }
 

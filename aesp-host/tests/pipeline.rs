@@ -321,7 +321,9 @@ async fn audit_unavailable_refuses_the_call_before_the_tool_runs() {
     assert_eq!(error.code(), ErrorCode::AuditRequirementNotMet);
     assert_eq!(f.behaviour.calls.load(Ordering::SeqCst), 0, "the tool did not run");
     f.audit.as_ref().expect("flaky audit").failing.store(false, Ordering::SeqCst);
-    f.host.invoke(&f.alice, f.call("a-2", "x")).await.expect("the audit log is back");
+    // Refused before the tool ran, so not remembered: a retry of the same invocation runs.
+    f.host.invoke(&f.alice, f.call("a-1", "x")).await.expect("the audit log is back");
+    assert_eq!(f.behaviour.calls.load(Ordering::SeqCst), 1, "the retry ran the tool");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
