@@ -156,11 +156,27 @@ impl From<Violations> for Error {
     }
 }
 
-/// A path under construction: segments are pushed and popped as validation descends. The
-/// names are borrowed from the schema or the value walked, so descending allocates nothing.
-#[derive(Default)]
-struct Path<'a>(Vec<Segment<'a>>);
+/// How many segments a [`Path`] holds without allocating (deeper paths spill to the heap).
+const INLINE_SEGMENTS: usize = 8;
 
+/// A path under construction: segments are pushed and popped as validation descends. The
+/// names are borrowed from the schema or the value walked, and the first
+/// [`INLINE_SEGMENTS`] segments live in place, so descending allocates nothing for the
+/// parameters of almost every call.
+struct Path<'a> {
+    inline: [Segment<'a>; INLINE_SEGMENTS],
+    /// The segments beyond the inline ones.
+    spilled: Vec<Segment<'a>>,
+    len: usize,
+}
+
+impl Default for Path<'_> {
+    fn default() -> Self {
+        Self { inline: [Segment::Index(0); INLINE_SEGMENTS], spilled: Vec::new(), len: 0 }
+    }
+}
+
+#[derive(Clone, Copy)]
 enum Segment<'a> {
     Field(&'a str),
     Index(usize),
@@ -169,10 +185,29 @@ enum Segment<'a> {
 /// Longest field name shown in a path; longer (hostile) names are cut.
 const MAX_SHOWN_NAME: usize = 64;
 
-impl Path<'_> {
+impl<'a> Path<'a> {
+    fn push(&mut self, segment: Segment<'a>) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = segment,
+            None => self.spilled.push(segment),
+        }
+        self.len += 1;
+    }
+
+    fn pop(&mut self) {
+        if self.len > INLINE_SEGMENTS {
+            self.spilled.pop();
+        }
+        self.len = self.len.saturating_sub(1);
+    }
+
+    fn segments(&self) -> impl Iterator<Item = &Segment<'a>> {
+        self.inline.iter().take(self.len).chain(&self.spilled)
+    }
+
     fn render(&self) -> String {
         let mut out = String::new();
-        for segment in &self.0 {
+        for segment in self.segments() {
             match segment {
                 Segment::Field(name) => {
                     if !out.is_empty() {
@@ -320,7 +355,7 @@ impl ParameterValidator {
         let mut params = BTreeMap::new();
         let compiler = Compiler { limits: &limits };
         for schema in schemas {
-            path.0.push(Segment::Field(&schema.name));
+            path.push(Segment::Field(&schema.name));
             if schema.name.is_empty() {
                 report.add(&path, "constraint", "a parameter needs a name");
             } else if params.contains_key(&schema.name) {
@@ -328,7 +363,7 @@ impl ParameterValidator {
             } else if let Some(param) = compiler.param(schema, schema.required, 1, &mut path, &mut report) {
                 params.insert(schema.name.clone(), param);
             }
-            path.0.pop();
+            path.pop();
         }
         report.finish(Subject::Schema)?;
         Ok(Self { params, limits })
@@ -477,22 +512,22 @@ impl Compiler<'_> {
                 Some(Type::Primitive(primitive))
             }
             Some(altar_type::Kind::Array(array)) => {
-                path.0.push(Segment::Index(0));
+                path.push(Segment::Index(0));
                 let element = self.ty(array.element_type.as_deref(), depth + 1, path, report);
-                path.0.pop();
+                path.pop();
                 Some(Type::Array(Box::new(element?)))
             }
             Some(altar_type::Kind::Object(object)) => {
                 let mut properties = BTreeMap::new();
                 for name in &object.required_properties {
                     if !object.properties.contains_key(name) {
-                        path.0.push(Segment::Field(name));
+                        path.push(Segment::Field(name));
                         report.add(path, "required", "a required property that is not declared");
-                        path.0.pop();
+                        path.pop();
                     }
                 }
                 for (name, schema) in &object.properties {
-                    path.0.push(Segment::Field(name));
+                    path.push(Segment::Field(name));
                     if name.is_empty() {
                         report.add(path, "constraint", "a property needs a name");
                     } else if !schema.name.is_empty() && schema.name != *name {
@@ -507,7 +542,7 @@ impl Compiler<'_> {
                             properties.insert(name.clone(), param);
                         }
                     }
-                    path.0.pop();
+                    path.pop();
                 }
                 Some(Type::Object(Object { properties }))
             }
@@ -707,9 +742,9 @@ impl<'l, 'v> Walk<'l, 'v> {
     ) -> Option<BTreeMap<String, Value>> {
         for name in given.keys() {
             if !declared.contains_key(name) {
-                self.path.0.push(Segment::Field(name));
+                self.path.push(Segment::Field(name));
                 self.report.add(&self.path, "unknown", "not declared by the contract");
-                self.path.0.pop();
+                self.path.pop();
             }
         }
         // Built only once the output differs from `given`; until then every field checked was
@@ -719,7 +754,7 @@ impl<'l, 'v> Walk<'l, 'v> {
             if self.stop() {
                 break;
             }
-            self.path.0.push(Segment::Field(name));
+            self.path.push(Segment::Field(name));
             let normal = match given.get(name).filter(|v| !v.is_null()) {
                 Some(value) => Some(self.value(&param.ty, &param.constraints, value, depth + 1)),
                 None => match &param.default {
@@ -731,7 +766,7 @@ impl<'l, 'v> Walk<'l, 'v> {
                     None => None,
                 },
             };
-            self.path.0.pop();
+            self.path.pop();
             let Some(normal) = normal else { continue };
             match (&mut out, normal) {
                 (None, Cow::Borrowed(_)) => {}
@@ -827,9 +862,9 @@ impl<'l, 'v> Walk<'l, 'v> {
                     if self.stop() {
                         break;
                     }
-                    self.path.0.push(Segment::Index(i));
+                    self.path.push(Segment::Index(i));
                     let normal = self.value(element, &no_constraints, item, depth + 1);
-                    self.path.0.pop();
+                    self.path.pop();
                     match (&mut items, normal) {
                         (None, Cow::Borrowed(_)) => {}
                         (None, Cow::Owned(normal)) => {
@@ -906,5 +941,45 @@ impl<'l, 'v> Walk<'l, 'v> {
                 format!("{} is greater than the maximum {}", show(n), show(max)),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_renders_the_same_across_its_inline_and_spilled_segments() {
+        let names: Vec<String> = (0..12).map(|i| format!("f{i}")).collect();
+        let mut path = Path::default();
+        let mut expected: Vec<String> = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            if i % 3 == 2 {
+                path.push(Segment::Index(i));
+                expected.push(format!("[{i}]"));
+            } else {
+                path.push(Segment::Field(name));
+                expected.push(name.clone());
+            }
+            let mut rendered = String::new();
+            for (j, part) in expected.iter().enumerate() {
+                if j > 0 && !part.starts_with('[') {
+                    rendered.push('.');
+                }
+                rendered.push_str(part);
+            }
+            assert_eq!(path.render(), rendered, "after {} pushes", i + 1);
+        }
+        // Back down across the boundary, then up again: the spilled segments go first.
+        for _ in 0..6 {
+            path.pop();
+        }
+        assert_eq!(path.render(), "f0.f1[2].f3.f4[5]");
+        path.push(Segment::Field("x"));
+        assert_eq!(path.render(), "f0.f1[2].f3.f4[5].x");
+        for _ in 0..20 {
+            path.pop();
+        }
+        assert_eq!(path.render(), "");
     }
 }
