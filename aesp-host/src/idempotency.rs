@@ -14,7 +14,7 @@
 use std::{
     cell::RefCell,
     collections::{HashMap, VecDeque, hash_map::Entry},
-    hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState},
+    hash::{BuildHasher, BuildHasherDefault, Hash, Hasher},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -125,6 +125,13 @@ pub(crate) fn call_digest(call: &ToolCall) -> [u8; 32] {
     })
 }
 
+/// The keyed hash of the keys: SipHash with a random key, so that callers cannot aim their
+/// ids at one bucket. Unit tests use a fixed key, so that a failing property test replays.
+#[cfg(not(test))]
+type KeyHasher = std::hash::RandomState;
+#[cfg(test)]
+type KeyHasher = BuildHasherDefault<std::hash::DefaultHasher>;
+
 enum Slot {
     /// The first call is running; `attempt` tells it from a later one under the same key, and
     /// `waiters` says whether a repeat waits for it.
@@ -201,7 +208,7 @@ struct Guarded {
 pub(crate) struct Idempotency {
     clock: Arc<dyn Clock>,
     /// The keyed hash of the keys.
-    hasher: RandomState,
+    hasher: KeyHasher,
     window_ms: u64,
     capacity_per_shard: usize,
     shards: [Guarded; SHARDS],
@@ -287,7 +294,7 @@ impl Idempotency {
     pub(crate) fn new(clock: Arc<dyn Clock>, window: Duration, capacity: usize) -> Arc<Self> {
         Arc::new(Self {
             clock,
-            hasher: RandomState::new(),
+            hasher: KeyHasher::default(),
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
             capacity_per_shard: capacity.div_ceil(SHARDS).max(1),
             shards: std::array::from_fn(|_| Guarded {
@@ -351,7 +358,11 @@ impl Idempotency {
             && !shard.evict_oldest();
         let attempt = shard.attempts;
         match shard.slots.entry(key) {
-            Entry::Occupied(mut entry) if entry.get().1 > now => {
+            // A running call holds its id however long it runs (its window starts when it
+            // finishes): a repeat waits for it, never runs the tool a second time.
+            Entry::Occupied(mut entry)
+                if matches!(entry.get().0, Slot::Running { .. }) || entry.get().1 > now =>
+            {
                 let key = entry.key().clone();
                 let (slot, _) = entry.get_mut();
                 let (Slot::Running { digest: d, .. } | Slot::Done { digest: d, .. }) = slot;
@@ -601,6 +612,20 @@ mod tests {
         assert_eq!(table.stats(), IdempotencyStats { entries: 1, evicted: 2 });
     }
 
+    #[test]
+    fn a_call_running_longer_than_the_window_still_holds_its_id() {
+        let clock = ManualClock::new(0);
+        let table = Idempotency::new(Arc::new(clock.clone()), Duration::from_secs(1), 1000);
+        let running = first(table.begin("acme", "alice", "slow", [1; 32]));
+        clock.set(5_000);
+        // Still running long after the window: a repeat waits, it does not run the tool again.
+        assert!(matches!(table.begin("acme", "alice", "slow", [1; 32]), Ok(Claim::Running(_))));
+        running.finish(result("slow"));
+        // The window starts when it finishes.
+        clock.set(5_900);
+        assert!(matches!(table.begin("acme", "alice", "slow", [1; 32]), Ok(Claim::Done(_))));
+    }
+
     #[tokio::test]
     async fn an_expired_key_begun_again_keeps_its_place_when_the_table_is_full() {
         let clock = ManualClock::new(0);
@@ -620,5 +645,97 @@ mod tests {
         );
         again.finish(result("a"));
         assert!(matches!(table.begin("acme", "alice", "a", [1; 32]), Ok(Claim::Done(_))));
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Begin { id: u8, digest: u8 },
+        Finish(usize),
+        Cancel(usize),
+        Advance(u16),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (0..24u8, 0..2u8).prop_map(|(id, digest)| Op::Begin { id, digest }),
+            2 => any::<usize>().prop_map(Op::Finish),
+            1 => any::<usize>().prop_map(Op::Cancel),
+            1 => (0..700u16).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Random begins, finishes, cancellations and waits against a table of one place per
+        /// shard (so that eviction is frequent), checked against what was run: a running call
+        /// is never forgotten (a repeat waits, or is refused as a conflict, but never runs
+        /// again), a replay is the outcome of that id within its window, a conflict is a
+        /// remembered call with other parameters, the table is refused only when a shard is
+        /// full of running calls, and it never holds more than its capacity.
+        #[test]
+        fn the_table_never_forgets_a_running_call_and_replays_only_what_it_remembers(
+            ops in proptest::collection::vec(op(), 1..200),
+        ) {
+            let clock = ManualClock::new(0);
+            let window_ms = 1000;
+            let table = Idempotency::new(Arc::new(clock.clone()), Duration::from_millis(window_ms), SHARDS);
+            let name = |id: u8| format!("id-{id}");
+            let shard_of = |id: u8| table.shard(&table.key("acme", "alice", &name(id))) as *const Guarded;
+            // Running calls: (id, digest, completer); finished: id → (digest, when).
+            let mut running: Vec<(u8, u8, Completer<'_>)> = Vec::new();
+            let mut finished: HashMap<u8, (u8, u64)> = HashMap::new();
+            for op in ops {
+                let now = clock.now_ms();
+                match op {
+                    Op::Begin { id, digest } => {
+                        let remembered = finished.get(&id).filter(|(_, at)| now < at + window_ms);
+                        let claim = table.begin("acme", "alice", &name(id), [digest; 32]);
+                        let runs = running.iter().find(|(r, _, _)| *r == id).map(|(_, d, _)| *d);
+                        match (runs, claim) {
+                            (Some(d), Ok(Claim::Running(_))) => proptest::prop_assert_eq!(d, digest),
+                            (Some(d), Err(e)) => {
+                                proptest::prop_assert_eq!(e.code(), ErrorCode::Conflict);
+                                proptest::prop_assert_ne!(d, digest);
+                            }
+                            (Some(_), Ok(_)) => proptest::prop_assert!(false, "a running call was begun again or replayed"),
+                            (None, Ok(Claim::Running(_))) => proptest::prop_assert!(false, "no call of this id runs"),
+                            (None, Ok(Claim::Done(outcome))) => {
+                                proptest::prop_assert_eq!(remembered.map(|(d, _)| *d), Some(digest));
+                                proptest::prop_assert_eq!(invocation_id(&outcome), name(id));
+                            }
+                            (None, Ok(Claim::First(completer))) => {
+                                if remembered.is_some() {
+                                    proptest::prop_assert!(table.stats().evicted > 0, "forgotten without eviction");
+                                }
+                                running.push((id, digest, completer));
+                            }
+                            (None, Err(e)) if e.code() == ErrorCode::Conflict => {
+                                proptest::prop_assert!(remembered.is_some_and(|(d, _)| *d != digest));
+                            }
+                            (None, Err(e)) => {
+                                proptest::prop_assert_eq!(e.code(), ErrorCode::QuotaExceeded);
+                                let here = shard_of(id);
+                                let full = running.iter().filter(|(r, _, _)| shard_of(*r) == here).count();
+                                proptest::prop_assert!(full >= 1, "refused with no call running in its shard");
+                            }
+                        }
+                    }
+                    Op::Finish(i) if !running.is_empty() => {
+                        let (id, digest, completer) = running.swap_remove(i % running.len());
+                        completer.finish(result(&name(id)));
+                        finished.insert(id, (digest, now));
+                    }
+                    Op::Cancel(i) if !running.is_empty() => {
+                        let (id, _, completer) = running.swap_remove(i % running.len());
+                        drop(completer);
+                        // A cancelled attempt took the place of any earlier outcome.
+                        finished.remove(&id);
+                    }
+                    Op::Advance(ms) => clock.advance(Duration::from_millis(u64::from(ms))),
+                    Op::Finish(_) | Op::Cancel(_) => {}
+                }
+                proptest::prop_assert!(table.stats().entries <= SHARDS);
+            }
+        }
     }
 }
