@@ -71,8 +71,6 @@ struct Ready {
 struct Checked {
     contract: Arc<CompiledContract>,
     request_id: IdText,
-    /// When the checks ran (the one reading of the clock they share).
-    now_ms: u64,
     canary: Option<VersionRef>,
     decision: Decision,
     snapshot: Snapshot,
@@ -292,7 +290,7 @@ impl Host {
                 return Err(Box::new((call, refusal)));
             }
         };
-        let Checked { contract, request_id, now_ms, canary, decision, snapshot, deadline, held } = checked;
+        let Checked { contract, request_id, canary, decision, snapshot, deadline, held } = checked;
         contract.version_text().clone_into(&mut call.contract_version);
         let canary = canary.as_ref().map(AsDebug);
         let digest = snapshot.digest();
@@ -305,7 +303,8 @@ impl Host {
                 &contract,
                 &held,
                 &request_id,
-                now_ms,
+                // The time the checks ran and the decision was made at.
+                request.time_ms,
                 canary.as_ref(),
                 &decision,
                 &snapshot,
@@ -502,7 +501,6 @@ impl Host {
         Ok(Checked {
             contract,
             request_id,
-            now_ms,
             canary: outcome.canary,
             decision,
             snapshot,
