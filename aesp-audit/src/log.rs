@@ -1,7 +1,14 @@
 //! The audit log: group-committed durable appends, an integrator that hashes the tree and
 //! signs checkpoints, and proofs.
 
-use std::{ops::Range, sync::Arc, time::Duration};
+use std::{
+    ops::Range,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use aesp_core::{Error, ErrorCode, Result, proto::v1::AuditEvent};
 use bytes::Bytes;
@@ -102,6 +109,59 @@ enum Command {
     Checkpoint(oneshot::Sender<Result<SignedCheckpoint>>),
 }
 
+/// What the committer has done since the log opened ([`AuditLog::commit_stats`]): counters
+/// that only grow, so that the difference of two readings describes what happened between
+/// them (the group size and commit time under a given load, say).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CommitStats {
+    /// Group commits made durable: one storage append each, holding every append that queued
+    /// while the one before was being written.
+    pub groups: u64,
+    /// Entries those group commits made durable.
+    pub entries: u64,
+    /// Group commits that failed (each of their appends got the storage's error).
+    pub failed: u64,
+    /// The time from handing each durable group to the storage until the committer went on
+    /// with it, summed: the storage's write and sync, and the time the committer then waited
+    /// for the runtime to run it again. Its mean over `groups` is what every append waits at
+    /// least once the group it joins is full.
+    pub commit_time: Duration,
+    /// The most entries one group commit made durable.
+    pub largest_group: u64,
+}
+
+/// The committer's counters, written by it alone and read by [`AuditLog::commit_stats`].
+#[derive(Debug, Default)]
+struct CommitCounters {
+    groups: AtomicU64,
+    entries: AtomicU64,
+    failed: AtomicU64,
+    commit_nanos: AtomicU64,
+    largest_group: AtomicU64,
+}
+
+impl CommitCounters {
+    /// Counts a durable group of `entries` that took `took`.
+    fn committed(&self, entries: u64, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        self.entries.fetch_add(entries, Ordering::Relaxed);
+        self.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.largest_group.fetch_max(entries, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> CommitStats {
+        CommitStats {
+            groups: self.groups.load(Ordering::Relaxed),
+            entries: self.entries.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            commit_time: Duration::from_nanos(self.commit_nanos.load(Ordering::Relaxed)),
+            largest_group: self.largest_group.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The verifiable, durable, signed audit log.
 ///
 /// Appends resolve once durable; a background integrator keeps the tree's stored hashes and
@@ -115,6 +175,7 @@ pub struct AuditLog {
     permits: Arc<Semaphore>,
     options: Arc<AuditLogOptions>,
     verifier: NoteVerifier,
+    counters: Arc<CommitCounters>,
     pub(crate) index: Arc<AuditIndex>,
     /// The number of durable entries this process knows of.
     pub(crate) durable: watch::Receiver<u64>,
@@ -158,10 +219,12 @@ impl AuditLog {
         let options = Arc::new(options);
         let index = Arc::new(AuditIndex::default());
         let permits = Arc::new(Semaphore::new(options.max_pending_entries));
+        let counters = Arc::new(CommitCounters::default());
         let committer = Committer {
             storage: Arc::clone(&storage),
             options: Arc::clone(&options),
             permits: Arc::clone(&permits),
+            counters: Arc::clone(&counters),
         };
         tokio::spawn(committer.run(request_rx, batches_tx, index_tx, durable_tx));
         tokio::spawn(integrator.run(batches_rx, command_rx));
@@ -175,7 +238,15 @@ impl AuditLog {
             permits,
             verifier: signer.verifier().clone(),
             options,
+            counters,
         })
+    }
+
+    /// What the committer has done since the log opened: group commits, their entries, the
+    /// time they took. Each counter is read on its own, so a reading taken while a group
+    /// commit completes may count it in some counters and not yet in others.
+    pub fn commit_stats(&self) -> CommitStats {
+        self.counters.read()
     }
 
     /// The key that verifies this log's checkpoints.
@@ -337,6 +408,7 @@ struct Committer {
     options: Arc<AuditLogOptions>,
     /// The pending-entry permits, given back as each group is written.
     permits: Arc<Semaphore>,
+    counters: Arc<CommitCounters>,
 }
 
 impl Committer {
@@ -347,8 +419,8 @@ impl Committer {
         index: mpsc::Sender<(u64, Arc<Batch>)>,
         durable: watch::Sender<u64>,
     ) {
-        let Self { storage, options, permits } = self;
-        commit_loop(storage, options, permits, requests, move |first, batch: Batch| {
+        let Self { storage, options, permits, counters } = self;
+        commit_loop(storage, options, permits, &counters, requests, move |first, batch: Batch| {
             // One batch, shared by the index and the integrator.
             let all = Arc::new(batch);
             let end = first.saturating_add(all.entries.len() as u64);
@@ -369,6 +441,7 @@ async fn commit_loop(
     storage: Arc<dyn LogStorage>,
     options: Arc<AuditLogOptions>,
     permits: Arc<Semaphore>,
+    counters: &CommitCounters,
     mut requests: mpsc::UnboundedReceiver<Request>,
     mut committed: impl FnMut(u64, Batch),
 ) {
@@ -420,8 +493,10 @@ async fn commit_loop(
             };
         }
         let written = all.len();
+        let started = Instant::now();
         match storage.append(&all).await {
             Ok(first_index) => {
+                counters.committed(written as u64, started.elapsed());
                 // Before the replies: once an append returns, readers see it.
                 committed(first_index, Batch { entries: all, leaves });
                 let mut index = first_index;
@@ -431,6 +506,7 @@ async fn commit_loop(
                 }
             }
             Err(e) => {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
                 for (reply, _) in group.drain(..) {
                     let _ = reply.send(Err(copy_error(&e)));
                 }

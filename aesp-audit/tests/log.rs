@@ -50,6 +50,12 @@ async fn appends_checkpoints_proofs_and_rotation() {
     for task in tasks {
         acked.extend(task.await.unwrap());
     }
+    // 104 appends made 108 entries durable, in at least one group and at most one per append.
+    let stats = log.commit_stats();
+    assert_eq!((stats.entries, stats.failed), (108, 0));
+    assert!((1..=104).contains(&stats.groups), "{stats:?}");
+    assert!((2..=108).contains(&stats.largest_group), "{stats:?}");
+    assert!(stats.commit_time > std::time::Duration::ZERO, "{stats:?}");
     let first = log.checkpoint().await.unwrap();
     assert_eq!(first.checkpoint().size, 108);
     assert_eq!(first.checkpoint().origin, ORIGIN);
@@ -234,6 +240,8 @@ async fn a_failed_sync_acknowledges_nothing_and_stops_the_writer() {
     assert_eq!(error.code(), ErrorCode::ServiceUnavailable);
     fs.fail_syncs(false);
     assert!(log.append_encoded(vec![Bytes::from_static(b"after")]).await.is_err());
+    let stats = log.commit_stats();
+    assert_eq!((stats.groups, stats.entries, stats.failed, stats.largest_group), (1, 1, 2, 1));
     drop(log);
     let fs = fs.crash(CrashMode::DropUnsynced);
     let storage = segment(&fs).await;
