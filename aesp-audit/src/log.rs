@@ -124,8 +124,8 @@ pub struct CommitStats {
     pub failed: u64,
     /// The time from handing each durable group to the storage until the committer went on
     /// with it, summed: the storage's write and sync, and the time the committer then waited
-    /// for the runtime to run it again. Its mean over `groups` is what every append waits at
-    /// least once the group it joins is full.
+    /// for the runtime to run it again. Its mean over `groups` is how long an append waits, at
+    /// least, once its group has been handed to the storage.
     pub commit_time: Duration,
     /// The most entries one group commit made durable.
     pub largest_group: u64,
