@@ -49,8 +49,8 @@ pub use query::{
 };
 pub use retention::{EVENT_ERASURE, EVENT_RETENTION_PRUNE, PruneReport, PruneRule, principal_pseudonym};
 pub use storage::{
-    Leaf, Lease, LogStorage, MAX_RULE_LEN, MemoryStorage, PruneRequest, SEGMENT_FORMAT_VERSION,
-    SegmentOptions, SegmentStorage, StorageState, StoredCheckpoint, Tombstone,
+    BlockingAppend, Leaf, Lease, LogStorage, MAX_RULE_LEN, MemoryStorage, PruneRequest,
+    SEGMENT_FORMAT_VERSION, SegmentOptions, SegmentStorage, StorageState, StoredCheckpoint, Tombstone,
 };
 pub use subscribe::{DEFAULT_SUBSCRIPTION_BATCH, Subscription, SubscriptionBatch};
 pub use verify::{Problem, VerificationReport, VerifyOptions, verify_log};

@@ -140,6 +140,15 @@ pub trait LogStorage: Send + Sync + fmt::Debug + 'static {
     /// Appends a batch durably; returns the index of its first entry.
     async fn append(&self, entries: &[Bytes]) -> Result<u64>;
 
+    /// The same appends as [`append`](Self::append), made by blocking the calling thread, where
+    /// the storage can (its writes are local system calls, as the segment files' are); `None`,
+    /// the default, where appends must be awaited. With one, [`AuditLog`](crate::AuditLog)
+    /// commits on a thread of its own rather than handing each group to a runtime's blocking
+    /// pool and waiting to be scheduled again when it is durable.
+    fn blocking_appender(&self) -> Option<Arc<dyn BlockingAppend>> {
+        None
+    }
+
     /// The current sizes.
     async fn state(&self) -> Result<StorageState>;
 
@@ -192,6 +201,14 @@ pub trait LogStorage: Send + Sync + fmt::Debug + 'static {
 
     /// The latest stored checkpoint.
     async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>>;
+}
+
+/// Appends that block the calling thread until they are durable
+/// ([`LogStorage::blocking_appender`]).
+pub trait BlockingAppend: Send + Sync + fmt::Debug + 'static {
+    /// [`LogStorage::append`], blocking the calling thread: the same contract, and appends
+    /// through either are one sequence.
+    fn append_blocking(&self, entries: &[Bytes]) -> Result<u64>;
 }
 
 /// The lease bookkeeping shared by the built-in storages.

@@ -41,8 +41,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    Leaf, Lease, LeaseTable, LogStorage, PruneRequest, StorageState, StoredCheckpoint, Tombstone,
-    check_checkpoint, check_hash_append, check_prune, check_range,
+    BlockingAppend, Leaf, Lease, LeaseTable, LogStorage, PruneRequest, StorageState, StoredCheckpoint,
+    Tombstone, check_checkpoint, check_hash_append, check_prune, check_range,
 };
 use crate::{
     crc::crc32c,
@@ -224,6 +224,22 @@ impl DecodedFrame {
 #[derive(Debug, Clone)]
 pub struct SegmentStorage {
     shared: Arc<Shared>,
+}
+
+/// The segment files' blocking appends ([`LogStorage::blocking_appender`]).
+struct SegmentAppender(Arc<Shared>);
+
+impl std::fmt::Debug for SegmentAppender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SegmentAppender")
+    }
+}
+
+impl BlockingAppend for SegmentAppender {
+    fn append_blocking(&self, entries: &[Bytes]) -> Result<u64> {
+        let (mut frame, count) = self.0.frame_of(entries)?;
+        self.0.append_frame(&mut frame, count)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -684,6 +700,45 @@ impl Shared {
         StorageState { size, integrated_size: lock(&self.meta).integrated }
     }
 
+    /// The frame of `entries` (its header left to [`append`](Self::append)) and their count,
+    /// built in the previous frame's buffer when there is one.
+    fn frame_of(&self, entries: &[Bytes]) -> Result<(Vec<u8>, u32)> {
+        let count = u32::try_from(entries.len()).map_err(|_| Error::invalid_argument("batch too large"))?;
+        if count == 0 {
+            return Err(Error::invalid_argument("an empty batch"));
+        }
+        let total: usize = entries.iter().map(|e| e.len().saturating_add(4)).sum();
+        if total > self.options.max_frame_bytes as usize {
+            return Err(Error::invalid_argument(format!(
+                "a batch of {total} bytes is larger than the frame limit {}",
+                self.options.max_frame_bytes
+            )));
+        }
+        let mut frame = std::mem::take(&mut *lock(&self.spare_frame));
+        frame.clear();
+        frame.reserve(total.saturating_add(RECORD_HEADER));
+        frame.resize(RECORD_HEADER, 0);
+        for e in entries {
+            let len = u32::try_from(e.len())
+                .ok()
+                .filter(|&l| l < PRUNED_FLAG)
+                .ok_or_else(|| Error::invalid_argument("entry too large"))?;
+            frame.extend_from_slice(&len.to_le_bytes());
+            frame.extend_from_slice(e);
+        }
+        Ok((frame, count))
+    }
+
+    /// Appends a frame from [`frame_of`](Self::frame_of), then keeps its buffer for the next
+    /// one (unless it grew too large to keep).
+    fn append_frame(&self, frame: &mut Vec<u8>, count: u32) -> Result<u64> {
+        let appended = self.append(frame, count);
+        if frame.capacity() <= MAX_SPARE_FRAME {
+            *lock(&self.spare_frame) = std::mem::take(frame);
+        }
+        appended
+    }
+
     /// Appends `frame`: a record whose header (the first 28 bytes) is filled in here.
     fn append(&self, frame: &mut [u8], count: u32) -> Result<u64> {
         let _writer = lock(&self.writer);
@@ -1018,37 +1073,12 @@ impl Shared {
 #[async_trait]
 impl LogStorage for SegmentStorage {
     async fn append(&self, entries: &[Bytes]) -> Result<u64> {
-        let count = u32::try_from(entries.len()).map_err(|_| Error::invalid_argument("batch too large"))?;
-        if count == 0 {
-            return Err(Error::invalid_argument("an empty batch"));
-        }
-        let total: usize = entries.iter().map(|e| e.len().saturating_add(4)).sum();
-        if total > self.shared.options.max_frame_bytes as usize {
-            return Err(Error::invalid_argument(format!(
-                "a batch of {total} bytes is larger than the frame limit {}",
-                self.shared.options.max_frame_bytes
-            )));
-        }
-        let mut frame = std::mem::take(&mut *lock(&self.shared.spare_frame));
-        frame.clear();
-        frame.reserve(total.saturating_add(RECORD_HEADER));
-        frame.resize(RECORD_HEADER, 0);
-        for e in entries {
-            let len = u32::try_from(e.len())
-                .ok()
-                .filter(|&l| l < PRUNED_FLAG)
-                .ok_or_else(|| Error::invalid_argument("entry too large"))?;
-            frame.extend_from_slice(&len.to_le_bytes());
-            frame.extend_from_slice(e);
-        }
-        self.blocking(move |s| {
-            let appended = s.append(&mut frame, count);
-            if frame.capacity() <= MAX_SPARE_FRAME {
-                *lock(&s.spare_frame) = frame;
-            }
-            appended
-        })
-        .await
+        let (mut frame, count) = self.shared.frame_of(entries)?;
+        self.blocking(move |s| s.append_frame(&mut frame, count)).await
+    }
+
+    fn blocking_appender(&self) -> Option<Arc<dyn BlockingAppend>> {
+        Some(Arc::new(SegmentAppender(Arc::clone(&self.shared))))
     }
 
     async fn state(&self) -> Result<StorageState> {
