@@ -541,12 +541,29 @@ impl Committer {
         }
     }
 
-    /// Fails every append of a group that could not be written.
-    fn failed(&self, group: Group, e: &Error) {
-        self.counters.failed.fetch_add(1, Ordering::Relaxed);
-        for (reply, _) in group.replies {
-            let _ = reply.send(Err(copy_error(e)));
+    /// After a group's write that began at `started`: counts it and hands it to `durable`, or
+    /// fails each of its appends with the storage's error; gives its permits back either way.
+    fn finish(
+        &self,
+        group: Group,
+        appended: Result<u64>,
+        started: Instant,
+        durable: impl FnOnce(u64, Group),
+    ) {
+        let written = group.entries.len();
+        match appended {
+            Ok(first) => {
+                self.counters.committed(written as u64, started.elapsed());
+                durable(first, group);
+            }
+            Err(e) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                for (reply, _) in group.replies {
+                    let _ = reply.send(Err(copy_error(&e)));
+                }
+            }
         }
+        self.permits.add_permits(written);
     }
 
     /// The committer as a task: groups form while the previous one is written.
@@ -566,19 +583,14 @@ impl Committer {
         requests: mpsc::UnboundedReceiver<Request>,
         durable: mpsc::UnboundedSender<(u64, Group)>,
     ) {
-        self.run_with(storage, requests, |first, group| {
-            if let Err(mpsc::error::SendError((first, group))) = durable.send((first, group)) {
-                acknowledge(first, group.replies);
-            }
-        })
-        .await;
+        self.run_with(storage, requests, |first, group| forward(&durable, first, group)).await;
     }
 
     async fn run_with(
         self,
         storage: Arc<dyn LogStorage>,
         mut requests: mpsc::UnboundedReceiver<Request>,
-        mut durable: impl FnMut(u64, Group),
+        durable: impl Fn(u64, Group),
     ) {
         let mut carry: Option<Request> = None;
         loop {
@@ -605,16 +617,9 @@ impl Committer {
                     Err(_) => None,
                 };
             }
-            let written = group.entries.len();
             let started = Instant::now();
-            match storage.append(&group.entries).await {
-                Ok(first_index) => {
-                    self.counters.committed(written as u64, started.elapsed());
-                    durable(first_index, group);
-                }
-                Err(e) => self.failed(group, &e),
-            }
-            self.permits.add_permits(written);
+            let appended = storage.append(&group.entries).await;
+            self.finish(group, appended, started, &durable);
         }
     }
 
@@ -638,18 +643,13 @@ impl Committer {
                     None => return,
                 },
             };
-            let loaded = runtime.metrics().global_queue_depth() >= SATURATED_QUEUE;
-            let wait_until = match last_start {
-                Some(last) if loaded => Some(last + COMMIT_INTERVAL),
-                _ => None,
-            };
-            let wait_until = match (wait_until, self.options.max_delay) {
-                (until, delay) if delay.is_zero() => until,
-                (until, delay) => {
-                    Some(until.map_or(Instant::now() + delay, |u| u.max(Instant::now() + delay)))
-                }
-            };
-            if let Some(until) = wait_until {
+            // The later of the pacing under load and `max_delay` (`None` is before any time).
+            let paced = last_start
+                .filter(|_| runtime.metrics().global_queue_depth() >= SATURATED_QUEUE)
+                .map(|last| last + COMMIT_INTERVAL);
+            let delayed =
+                (!self.options.max_delay.is_zero()).then(|| Instant::now() + self.options.max_delay);
+            if let Some(until) = paced.max(delayed) {
                 std::thread::sleep(until.saturating_duration_since(Instant::now()));
             }
             let mut group = Group::with_capacity(requests.len().saturating_add(1));
@@ -661,21 +661,19 @@ impl Committer {
                 }
                 next = requests.try_recv().ok();
             }
-            let written = group.entries.len();
             let started = Instant::now();
             last_start = Some(started);
-            match appender.append_blocking(&group.entries) {
-                Ok(first_index) => {
-                    self.counters.committed(written as u64, started.elapsed());
-                    if let Err(mpsc::error::SendError((first, group))) = durable.send((first_index, group)) {
-                        // The runtime is gone, and its readers with it: answer from here.
-                        acknowledge(first, group.replies);
-                    }
-                }
-                Err(e) => self.failed(group, &e),
-            }
-            self.permits.add_permits(written);
+            let appended = appender.append_blocking(&group.entries);
+            self.finish(group, appended, started, |first, group| forward(durable, first, group));
         }
+    }
+}
+
+/// Hands a durable group to [`publish_durable`]; if that task is gone (with its runtime, and
+/// the readers with it), acknowledges the group's appends from here.
+fn forward(durable: &mpsc::UnboundedSender<(u64, Group)>, first: u64, group: Group) {
+    if let Err(mpsc::error::SendError((first, group))) = durable.send((first, group)) {
+        acknowledge(first, group.replies);
     }
 }
 
