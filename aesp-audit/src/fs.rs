@@ -43,7 +43,37 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
     /// Makes creations, removals and renames durable.
     fn sync_dir(&self) -> io::Result<()>;
+    /// Takes the directory's exclusive lock, held until the returned guard is dropped, so that
+    /// one writer at a time uses the directory. While another holder has it, this fails with
+    /// [`io::ErrorKind::WouldBlock`] at once.
+    ///
+    /// The default takes none, for file systems no other writer can reach.
+    fn lock(&self) -> io::Result<DirLock> {
+        Ok(DirLock::none())
+    }
 }
+
+/// The exclusive lock of a [`FileSystem`]'s directory ([`FileSystem::lock`]): a guard that
+/// releases it when dropped.
+#[derive(Debug)]
+pub struct DirLock(
+    #[expect(dead_code, reason = "held for its drop")] Option<Box<dyn fmt::Debug + Send + Sync>>,
+);
+
+impl DirLock {
+    /// A lock held by `guard` and released when `guard` is dropped.
+    pub fn new(guard: impl fmt::Debug + Send + Sync + 'static) -> Self {
+        Self(Some(Box::new(guard)))
+    }
+
+    /// No lock, for a directory no other writer can reach.
+    pub fn none() -> Self {
+        Self(None)
+    }
+}
+
+/// The name of the lock file [`OsFileSystem`] keeps in its directory.
+const LOCK_FILE: &str = "LOCK";
 
 /// Files in a directory of the operating system.
 #[derive(Debug, Clone)]
@@ -113,6 +143,23 @@ impl FileSystem for OsFileSystem {
 
     fn sync_dir(&self) -> io::Result<()> {
         std::fs::File::open(&self.dir)?.sync_all()
+    }
+
+    /// An advisory `flock` on the file `LOCK` in the directory. It is held per open
+    /// file, so a second lock fails even from the same process, and the operating system
+    /// releases it when the process ends however it ends.
+    fn lock(&self) -> io::Result<DirLock> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.dir.join(LOCK_FILE))?;
+        match file.try_lock() {
+            Ok(()) => Ok(DirLock::new(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
     }
 }
 

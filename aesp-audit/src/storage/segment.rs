@@ -46,7 +46,7 @@ use super::{
 };
 use crate::{
     crc::crc32c,
-    fs::{FileHandle, FileSystem},
+    fs::{DirLock, FileHandle, FileSystem},
     merkle::{Hash, stored_hash_count},
 };
 
@@ -85,6 +85,11 @@ pub struct SegmentOptions {
     /// as the unwritten tail of the last segment, and they never reach past
     /// `max_segment_bytes`, so a full segment ends with its last frame.
     pub preallocate_bytes: u64,
+    /// How long opening waits for the directory's lock ([`FileSystem::lock`]) while another
+    /// storage holds it. A log dropped in this process without being shut down goes on writing
+    /// the groups it had queued, for milliseconds, and holds the lock until it has; a second
+    /// process holding it makes the open fail once this has passed.
+    pub lock_wait: Duration,
     /// The clock by which leases expire.
     pub clock: Arc<dyn Clock>,
 }
@@ -95,6 +100,7 @@ impl Default for SegmentOptions {
             max_segment_bytes: 64 << 20,
             max_frame_bytes: 32 << 20,
             preallocate_bytes: 1 << 20,
+            lock_wait: Duration::from_secs(5),
             clock: Arc::new(SystemClock),
         }
     }
@@ -142,6 +148,8 @@ struct Meta {
 
 #[derive(Debug)]
 struct Shared {
+    /// Held for as long as anything (the committer thread too) can write through this storage.
+    _lock: DirLock,
     fs: Arc<dyn FileSystem>,
     options: SegmentOptions,
     writer: Mutex<()>,
@@ -449,6 +457,32 @@ fn decode_tombstone(bytes: &[u8]) -> Option<Tombstone> {
     Some(Tombstone { leaf_hash, pruned_at_ms: u64_at(bytes, 32), event_index: u64_at(bytes, 40), rule })
 }
 
+/// How often opening tries the directory's lock again while it waits.
+const LOCK_RETRY: Duration = Duration::from_millis(10);
+
+/// Takes `fs`'s lock, trying again every [`LOCK_RETRY`] for up to `wait`.
+fn lock_dir(fs: &dyn FileSystem, wait: Duration) -> Result<DirLock> {
+    let deadline = std::time::Instant::now().checked_add(wait);
+    loop {
+        match fs.lock() {
+            Ok(lock) => return Ok(lock),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    return Err(Error::new(
+                        ErrorCode::FailedPrecondition,
+                        format!("the audit log directory is in use by another writer (waited {wait:?} for its lock)"),
+                    )
+                    .with_remediation(
+                        "stop the other process or shut down the other log, or give this one its own directory",
+                    ));
+                }
+                std::thread::sleep(LOCK_RETRY);
+            }
+            Err(e) => return Err(io_error("lock", "the log directory", e)),
+        }
+    }
+}
+
 fn read_all(file: &dyn FileHandle, name: &str) -> Result<Vec<u8>> {
     let len = file.size().map_err(|e| io_error("read", name, e))?;
     let len = usize::try_from(len).map_err(|_| corrupt(name, 0, "file too large"))?;
@@ -461,6 +495,11 @@ impl SegmentStorage {
     /// Opens (or creates) the log in `fs`, recovering from a crash: a torn tail is cut, and
     /// damage anywhere else is an [`ErrorCode::DataCorrupted`] error naming the file and
     /// offset.
+    ///
+    /// The storage holds the directory's lock ([`FileSystem::lock`]) until it and every clone
+    /// are dropped. While another holds it, opening waits up to
+    /// [`SegmentOptions::lock_wait`] and then fails with [`ErrorCode::FailedPrecondition`]:
+    /// two writers of one directory would overwrite each other's frames.
     pub async fn open(fs: Arc<dyn FileSystem>, options: SegmentOptions) -> Result<Self> {
         tokio::task::spawn_blocking(move || Self::open_blocking(fs, options))
             .await
@@ -469,6 +508,7 @@ impl SegmentStorage {
 
     /// [`Self::open`] without a runtime.
     pub fn open_blocking(fs: Arc<dyn FileSystem>, options: SegmentOptions) -> Result<Self> {
+        let lock = lock_dir(fs.as_ref(), options.lock_wait)?;
         let mut names = fs.list().map_err(|e| io_error("list", "the log directory", e))?;
         let stray: Vec<String> = names.iter().filter(|n| n.ends_with(PRUNE_SUFFIX)).cloned().collect();
         if !stray.is_empty() {
@@ -632,6 +672,7 @@ impl SegmentStorage {
         let clock = Arc::clone(&options.clock);
         Ok(Self {
             shared: Arc::new(Shared {
+                _lock: lock,
                 fs,
                 options,
                 writer: Mutex::new(()),
