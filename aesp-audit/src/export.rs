@@ -32,7 +32,7 @@ use crate::{
     checkpoint::SignedCheckpoint,
     log::{AuditLog, hashes_of_ranges},
     merkle::{Hash, inclusion_ranges},
-    query::{AuditFilter, IndexedEvent},
+    query::{AuditFilter, IndexedEvent, OLD_SCAN_BUDGET},
 };
 
 /// The chunk size when [`ExportOptions::chunk_bytes`] is 0: 1 MiB, well below gRPC's
@@ -341,12 +341,18 @@ impl AuditExport {
 
     /// Reads and renders the next page of matching events.
     async fn load_page(&mut self) -> Result<()> {
-        let (indexes, stop) = self.log.select(&self.filter, self.next, self.size, PAGE);
+        let selected = self.log.select(&self.filter, self.next, self.size, PAGE, OLD_SCAN_BUDGET).await?;
+        let stop = selected.stop;
         if stop <= self.next {
             return Err(Error::internal("the audit index made no progress during an export"));
         }
-        let events: Vec<IndexedEvent> =
-            self.log.fetch(&indexes).await?.into_iter().filter(|e| self.filter.matches(&e.event)).collect();
+        let events: Vec<IndexedEvent> = self
+            .log
+            .fetch(&selected.indexes)
+            .await?
+            .into_iter()
+            .filter(|e| self.filter.matches(&e.event))
+            .collect();
         let proofs = if self.include_proofs {
             let indexes: Vec<u64> = events.iter().map(|e| e.index).collect();
             Some(inclusion_proofs(&self.log, &indexes, self.size).await?)

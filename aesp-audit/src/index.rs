@@ -7,6 +7,11 @@
 //! skips the blocks it cannot match. The index follows the log from the batches the committer
 //! hands it (no extra read, no fsync) and catches up from storage when it missed some or
 //! starts on an existing log.
+//!
+//! It covers the most recent entries only (`AuditLogOptions::index_entries`), so that its
+//! memory stays bounded however long the log runs: older rows are dropped a block at a time.
+//! Readers that reach below it build the same structure for a chunk of older entries from
+//! storage ([`chunk`]) and walk that instead.
 
 use std::{
     collections::HashMap,
@@ -22,6 +27,10 @@ use crate::storage::LogStorage;
 pub(crate) const BLOCK: u64 = 1024;
 /// How many leaves a catch-up reads per storage call.
 const CATCH_UP_CHUNK: u64 = 16 * 1024;
+/// The fewest entries the index covers.
+pub(crate) const MIN_ENTRIES: u64 = BLOCK;
+/// The most entries one chunk of older entries, built from storage, covers.
+pub(crate) const MAX_CHUNK: u64 = 16 * BLOCK;
 
 /// An interned string.
 pub(crate) type Sym = u32;
@@ -163,20 +172,38 @@ fn scan_event(mut buf: &[u8]) -> Option<Fields<'_>> {
     Some(f)
 }
 
-/// The index proper.
+/// The index proper, of the log indices `base..size()`.
 #[derive(Debug, Default)]
 pub(crate) struct IndexState {
     pub(crate) strings: Interner,
-    pub(crate) rows: Vec<Row>,
+    /// The first log index covered (a multiple of [`BLOCK`]).
+    base: u64,
+    /// The rows of `base..`.
+    rows: Vec<Row>,
     /// Where each (dimension, value) keeps its posting list in `lists`.
     postings: HashMap<(Dim, Sym), usize>,
     /// The posting lists: the log indices of the events with one value of one dimension.
     lists: Vec<Vec<u64>>,
-    /// Per block: the least and greatest event time of its indexed events.
-    pub(crate) zones: Vec<(u64, u64)>,
+    /// Per block from `base`: the least and greatest event time of its indexed events.
+    zones: Vec<(u64, u64)>,
+    /// Per block below `base`: its zone, kept when its rows were dropped (16 bytes a block,
+    /// for the life of the index), so that a time range skips older blocks without reading
+    /// them; [`UNKNOWN_ZONE`] for blocks this index never saw whole.
+    old_zones: Vec<(u64, u64)>,
     /// The two values each field saw last, so that the run of events of one tenant, one
     /// principal or one tool interns and posts without hashing.
     recent: Recent,
+}
+
+/// The zone of a block without events: it holds no time.
+const EMPTY_ZONE: (u64, u64) = (u64::MAX, 0);
+/// The zone of a block not seen: it may hold any time.
+const UNKNOWN_ZONE: (u64, u64) = (0, u64::MAX);
+
+/// Whether `zone` may hold a time in `start..end`.
+fn zone_may_hold(zone: (u64, u64), start: u64, end: u64) -> bool {
+    let (lo, hi) = zone;
+    lo <= hi && hi >= start && lo < end
 }
 
 /// The fields of a row, in the order of [`Recent`]'s slots.
@@ -206,9 +233,71 @@ impl Recent {
 }
 
 impl IndexState {
-    /// The number of log indices the index covers.
+    /// An empty index whose first log index is `base` (rounded down to a [`BLOCK`]).
+    fn starting_at(base: u64) -> Self {
+        Self { base: base / BLOCK * BLOCK, ..Self::default() }
+    }
+
+    /// The first log index covered.
+    pub(crate) fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// The log index after the last one covered.
     pub(crate) fn size(&self) -> u64 {
-        self.rows.len() as u64
+        self.base.saturating_add(self.rows.len() as u64)
+    }
+
+    /// Drops the rows below `base` (rounded down to a [`BLOCK`]), and with them their places in
+    /// the posting lists and their zones; past the end, everything, and the index starts
+    /// again at `base`.
+    fn drop_below(&mut self, base: u64) {
+        let base = base / BLOCK * BLOCK;
+        if base <= self.base {
+            return;
+        }
+        let size = self.size();
+        // The zones of the blocks dropped: known for whole blocks, unknown past the rows.
+        let whole = usize::try_from((size.min(base) - self.base) / BLOCK).unwrap_or(usize::MAX);
+        let known = self.zones.len().min(whole);
+        self.old_zones.extend(self.zones.drain(..known));
+        self.old_zones.resize(self.old_zones.len().saturating_add(whole - known), EMPTY_ZONE);
+        self.old_zones.resize(usize::try_from(base / BLOCK).unwrap_or(usize::MAX), UNKNOWN_ZONE);
+        if base >= size {
+            self.rows.clear();
+            self.zones.clear();
+        } else {
+            self.rows.drain(..usize::try_from(base - self.base).unwrap_or(usize::MAX));
+        }
+        for list in &mut self.lists {
+            let gone = list.partition_point(|&i| i < base);
+            list.drain(..gone);
+            // A list whose values no longer occur gives its memory back.
+            if list.len() < list.capacity() / 4 {
+                list.shrink_to_fit();
+            }
+        }
+        self.base = base;
+    }
+
+    /// Whether block `block` (below `base`) may hold an event time in `start..end`.
+    pub(crate) fn old_zone_may_hold(&self, block: u64, start: u64, end: u64) -> bool {
+        let zone = usize::try_from(block).ok().and_then(|b| self.old_zones.get(b).copied());
+        zone_may_hold(zone.unwrap_or(UNKNOWN_ZONE), start, end)
+    }
+
+    /// Keeps the zones of the whole blocks `chunk` covers below `base`, where they were not
+    /// known.
+    fn learn_zones(&mut self, chunk: &IndexState) {
+        let first = usize::try_from(chunk.base / BLOCK).unwrap_or(usize::MAX);
+        let whole = usize::try_from((chunk.size() - chunk.base) / BLOCK).unwrap_or(0);
+        for b in 0..whole {
+            if let Some(zone) = self.old_zones.get_mut(first.saturating_add(b))
+                && *zone == UNKNOWN_ZONE
+            {
+                *zone = chunk.zones.get(b).copied().unwrap_or(EMPTY_ZONE);
+            }
+        }
     }
 
     fn push(&mut self, entry: Option<&[u8]>) {
@@ -218,7 +307,7 @@ impl IndexState {
             ..NO_ROW
         });
         if row.kind == RowKind::Event {
-            let block = usize::try_from(index / BLOCK).unwrap_or(usize::MAX);
+            let block = usize::try_from((index - self.base) / BLOCK).unwrap_or(usize::MAX);
             if self.zones.len() <= block {
                 self.zones.resize(block.saturating_add(1), (u64::MAX, 0));
             }
@@ -276,12 +365,13 @@ impl IndexState {
 
     /// Whether the zone of `index`'s block may hold a time in `start..end`.
     pub(crate) fn zone_overlaps(&self, index: u64, start: u64, end: u64) -> bool {
-        let block = usize::try_from(index / BLOCK).unwrap_or(usize::MAX);
-        self.zones.get(block).is_some_and(|&(lo, hi)| lo <= hi && hi >= start && lo < end)
+        let Some(offset) = index.checked_sub(self.base) else { return false };
+        let block = usize::try_from(offset / BLOCK).unwrap_or(usize::MAX);
+        self.zones.get(block).is_some_and(|&zone| zone_may_hold(zone, start, end))
     }
 
     pub(crate) fn row(&self, index: u64) -> Option<&Row> {
-        self.rows.get(usize::try_from(index).ok()?)
+        self.rows.get(usize::try_from(index.checked_sub(self.base)?).ok()?)
     }
 
     pub(crate) fn posting(&self, dim: Dim, sym: Sym) -> &[u64] {
@@ -290,20 +380,51 @@ impl IndexState {
 }
 
 /// The in-memory index of one log, shared by its readers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct AuditIndex {
     state: RwLock<IndexState>,
     /// Serialises catching up, so two readers do not both read the same leaves.
     follow: tokio::sync::Mutex<()>,
+    /// How many of the latest entries it covers (at least [`MIN_ENTRIES`]).
+    entries: u64,
 }
 
 impl AuditIndex {
+    /// An index of the latest `entries` entries (at least [`MIN_ENTRIES`]).
+    pub(crate) fn new(entries: u64) -> Self {
+        Self {
+            state: RwLock::new(IndexState::default()),
+            follow: tokio::sync::Mutex::new(()),
+            entries: entries.max(MIN_ENTRIES),
+        }
+    }
+
+    /// How many entries one chunk of older entries covers: as many as the index, within
+    /// [`BLOCK`] and [`MAX_CHUNK`].
+    pub(crate) fn chunk_entries(&self) -> u64 {
+        self.entries.clamp(BLOCK, MAX_CHUNK) / BLOCK * BLOCK
+    }
+
+    /// Drops what is below the latest `entries`, once a quarter more has gathered (so the rows
+    /// and posting lists move in memory once per quarter of the index, not once per block).
+    fn bound(&self, state: &mut IndexState) {
+        let covered = state.size().saturating_sub(state.base);
+        if covered > self.entries.saturating_add(self.entries / 4) {
+            state.drop_below(state.size().saturating_sub(self.entries));
+        }
+    }
+
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, IndexState> {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, IndexState> {
         self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps the zones of the older blocks `chunk` (built from storage) covers.
+    pub(crate) fn learn_zones(&self, chunk: &IndexState) {
+        self.write().learn_zones(chunk);
     }
 
     /// Indexes a durable batch handed over by the committer; a gap before it is read from
@@ -317,6 +438,7 @@ impl AuditIndex {
             for entry in entries.iter().skip(skip) {
                 state.push(Some(entry));
             }
+            self.bound(&mut state);
         }
         Ok(())
     }
@@ -331,6 +453,14 @@ impl AuditIndex {
     }
 
     async fn catch_up_locked(&self, storage: &dyn LogStorage, target: u64) -> Result<()> {
+        {
+            // Entries the index would drop at once are not read at all (a log opened on a
+            // long history reads only its tail).
+            let mut state = self.write();
+            if state.size() < target.saturating_sub(self.entries) {
+                state.drop_below(target.saturating_sub(self.entries));
+            }
+        }
         loop {
             let from = self.read().size();
             if from >= target {
@@ -344,18 +474,38 @@ impl AuditIndex {
             for leaf in &leaves {
                 state.push(leaf.entry().map(|b| &b[..]));
             }
+            self.bound(&mut state);
         }
     }
 
-    /// Marks indices as pruned: they no longer match any query.
+    /// Marks indices as pruned: they no longer match any query. (Those below the index are
+    /// read from storage, which has them pruned.)
     pub(crate) fn mark_pruned(&self, indexes: &[u64]) {
         let mut state = self.write();
+        let base = state.base;
         for &i in indexes {
-            if let Some(row) = usize::try_from(i).ok().and_then(|i| state.rows.get_mut(i)) {
+            let at = i.checked_sub(base).and_then(|at| usize::try_from(at).ok());
+            if let Some(row) = at.and_then(|at| state.rows.get_mut(at)) {
                 row.kind = RowKind::Pruned;
             }
         }
     }
+}
+
+/// The index of the entries `from..to` (`from` rounded down to a [`BLOCK`]), built from
+/// storage: what the log's index covered before it dropped them.
+pub(crate) async fn chunk(storage: &dyn LogStorage, from: u64, to: u64) -> Result<IndexState> {
+    let mut state = IndexState::starting_at(from);
+    while state.size() < to {
+        let leaves = storage.read_leaves(state.size(), to).await?;
+        if leaves.is_empty() {
+            return Err(aesp_core::Error::internal("the storage returned no leaves"));
+        }
+        for leaf in &leaves {
+            state.push(leaf.entry().map(|b| &b[..]));
+        }
+    }
+    Ok(state)
 }
 
 /// A walk over the candidate log indices of a query, ascending.
@@ -444,6 +594,71 @@ mod tests {
         assert!(f.violation);
         assert!(scan_event(&[0xff, 0xff]).is_none());
         assert!(scan_event(&bytes[..bytes.len() - 1]).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_index_keeps_only_the_latest_entries_and_frees_the_rest() {
+        let storage = crate::MemoryStorage::default();
+        let index = AuditIndex::new(2048);
+        let mut next = 0u64;
+        for round in 0..40u64 {
+            // Each principal acts for 1,000 entries and is not seen again.
+            let entries: Vec<Bytes> = (next..next + 500)
+                .map(|i| {
+                    let event = AuditEvent {
+                        timestamp_ms: 1_700_000_000_000 + i,
+                        event_type: "TOOL_INVOCATION_START".into(),
+                        principal_id: format!("p{}", i / 1000),
+                        tenant_id: format!("t{}", round % 3),
+                        resource: "tool:x".into(),
+                        outcome: "SUCCESS".into(),
+                        ..AuditEvent::default()
+                    };
+                    Bytes::from(event.encode_to_vec())
+                })
+                .collect();
+            index.ingest(&storage, next, &entries).await.unwrap();
+            next += 500;
+            let state = index.read();
+            assert_eq!(state.size(), next);
+            assert_eq!(state.base() % BLOCK, 0);
+            let covered = state.size() - state.base();
+            assert!(
+                covered >= next.min(2048) && covered <= (2048 + 512).max(2048 + BLOCK - 1),
+                "{covered} at {next}"
+            );
+            assert_eq!(state.zones.len() as u64, covered.div_ceil(BLOCK));
+            // The dropped blocks keep their zones: exactly the times they held.
+            assert_eq!(state.old_zones.len() as u64, state.base() / BLOCK);
+            for (b, &zone) in (0u64..).zip(&state.old_zones) {
+                let first = 1_700_000_000_000 + b * BLOCK;
+                assert_eq!(zone, (first, first + BLOCK - 1));
+            }
+            let mut posted = 0;
+            for list in &state.lists {
+                assert!(list.iter().all(|&i| i >= state.base() && i < next));
+                if list.is_empty() {
+                    assert_eq!(list.capacity(), 0, "an emptied posting list keeps its memory");
+                }
+                posted += list.len() as u64;
+            }
+            // Tenant, principal, event type and resource: four postings per covered row.
+            assert_eq!(posted, 4 * covered);
+            assert!(state.row(state.base().wrapping_sub(1)).is_none());
+            assert_eq!(state.row(next - 1).unwrap().time_ms, 1_700_000_000_000 + next - 1);
+        }
+        // A catch-up far ahead of the index (a log opened on a long history) skips to the
+        // latest entries without reading the older ones.
+        let far = 1_000_000;
+        let mut state = index.write();
+        state.drop_below(far);
+        assert_eq!((state.base(), state.size()), (far / BLOCK * BLOCK, far / BLOCK * BLOCK));
+        assert!(state.lists.iter().all(Vec::is_empty));
+        // Blocks never seen may hold any time; those seen keep their zones.
+        assert_eq!(state.old_zones.len() as u64, far / BLOCK);
+        assert!(state.old_zone_may_hold(far / BLOCK - 1, 0, 1));
+        assert!(!state.old_zone_may_hold(0, 0, 1_700_000_000_000));
+        assert!(state.old_zone_may_hold(0, 1_700_000_000_000, 1_700_000_000_001));
     }
 
     #[test]

@@ -48,6 +48,12 @@ pub struct AuditLogOptions {
     pub integrator: String,
     /// How long a lease lasts; it is renewed once a third of it has passed.
     pub lease_ttl: Duration,
+    /// How many of the latest entries the in-memory query index covers (at least 1,024). It
+    /// costs about 60 bytes an entry; queries, statistics, exports and reports that reach
+    /// older entries read them from storage and index them on the way, a chunk at a time, so
+    /// they are slower there but see the same events. Opening reads only this many entries
+    /// back to build the index.
+    pub index_entries: u64,
 }
 
 impl AuditLogOptions {
@@ -63,6 +69,7 @@ impl AuditLogOptions {
             checkpoint_every: 100_000,
             integrator: aesp_core::new_id(&aesp_core::SystemClock),
             lease_ttl: Duration::from_secs(30),
+            index_entries: 2 << 20,
         }
     }
 }
@@ -217,7 +224,7 @@ impl AuditLog {
         let (commands, command_rx) = mpsc::channel(16);
         let (durable_tx, durable) = watch::channel(storage.state().await?.size);
         let options = Arc::new(options);
-        let index = Arc::new(AuditIndex::default());
+        let index = Arc::new(AuditIndex::new(options.index_entries));
         let permits = Arc::new(Semaphore::new(options.max_pending_entries));
         let counters = Arc::new(CommitCounters::default());
         let committer = Committer {

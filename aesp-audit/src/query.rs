@@ -10,7 +10,7 @@ use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::{
-    index::{BLOCK, Candidates, Dim, IndexState, RowKind, Sym},
+    index::{BLOCK, Candidates, Dim, IndexState, RowKind, Sym, chunk},
     log::AuditLog,
     storage::Leaf,
 };
@@ -22,6 +22,9 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 /// How many candidate events one page may read and discard (for the non-indexed `fields`
 /// filters) before it returns what it has, with a cursor to go on.
 const SCAN_BUDGET: usize = 16 * 1024;
+/// How many entries older than the index one page (of a query or an export) may read from
+/// storage to index them before it returns what it has, with a cursor to go on.
+pub(crate) const OLD_SCAN_BUDGET: u64 = 256 * 1024;
 
 /// Which events: the filters of a query, a statistics request, an export or a report.
 ///
@@ -163,6 +166,11 @@ impl AuditFilter {
             && self.outcome.as_ref().is_none_or(|o| *o == event.outcome)
             && self.resource.as_ref().is_none_or(|r| *r == event.resource)
             && self.fields.iter().all(|(k, v)| field_of(event, k) == Some(v.as_str()))
+    }
+
+    /// The time range it selects, `start..end`.
+    pub(crate) fn times(&self) -> (u64, u64) {
+        (self.start_ms, self.end_ms.unwrap_or(u64::MAX))
     }
 
     /// A digest of the filter, bound into cursors so a cursor is not reused with another.
@@ -330,6 +338,34 @@ impl Resolved {
     }
 }
 
+/// Calls `each` on the log indices in `from..to` (covered by `state`) that `filter` selects,
+/// ascending, until it returns false; returns where it stopped then (the next index to look
+/// at), or `None` if it did not.
+pub(crate) fn select_in(
+    state: &IndexState,
+    filter: &AuditFilter,
+    from: u64,
+    to: u64,
+    mut each: impl FnMut(u64) -> bool,
+) -> Option<u64> {
+    let resolved = Resolved::new(state, filter)?;
+    let mut stopped = false;
+    let stop = resolved.walk(state, from, to, |i| {
+        stopped = !each(i);
+        !stopped
+    });
+    stopped.then_some(stop)
+}
+
+/// What [`AuditLog::select`] found.
+#[derive(Debug, Default)]
+pub(crate) struct Selection {
+    /// The matching log indices, ascending.
+    pub(crate) indexes: Vec<u64>,
+    /// Where the walk stopped: the next index to look at.
+    pub(crate) stop: u64,
+}
+
 impl AuditLog {
     /// The durable size, with the index caught up to it.
     pub(crate) async fn indexed_size(&self) -> Result<u64> {
@@ -338,17 +374,83 @@ impl AuditLog {
         Ok(size)
     }
 
+    /// Calls `each` on index states covering `from..to` in log order, with the part of it each
+    /// covers: below the log's index, chunks of older entries built from storage (at most
+    /// `max_old` entries' worth in all, and at least one chunk), skipping the blocks whose
+    /// times are known to fall outside `times`; then the index itself. `each` returns where
+    /// it stopped, if it did; the result is that, or where the walk ended.
+    ///
+    /// The index's lock is held only while `each` runs on it, never across a read.
+    pub(crate) async fn over_index(
+        &self,
+        from: u64,
+        to: u64,
+        times: (u64, u64),
+        max_old: u64,
+        mut each: impl FnMut(&IndexState, u64, u64) -> Option<u64>,
+    ) -> Result<u64> {
+        let mut at = from;
+        let mut old = 0u64;
+        while at < to {
+            let base = self.index.read().base();
+            if at < base {
+                let below = to.min(base);
+                {
+                    let state = self.index.read();
+                    while at < below && !state.old_zone_may_hold(at / BLOCK, times.0, times.1) {
+                        at = (at / BLOCK).saturating_add(1).saturating_mul(BLOCK);
+                    }
+                }
+                at = at.min(below);
+                if at == below {
+                    continue;
+                }
+                if old >= max_old {
+                    return Ok(at);
+                }
+                let step = self.index.chunk_entries();
+                let end = below.min((at / step).saturating_add(1).saturating_mul(step));
+                let state = chunk(self.storage().as_ref(), at, end).await?;
+                self.index.learn_zones(&state);
+                old = old.saturating_add(end - at);
+                if let Some(stop) = each(&state, at, end) {
+                    return Ok(stop);
+                }
+                at = end;
+                continue;
+            }
+            let state = self.index.read();
+            if at < state.base() {
+                // Dropped from the index meanwhile: read from storage after all.
+                continue;
+            }
+            let end = to.min(state.size()).max(at);
+            return Ok(each(&state, at, end).unwrap_or(end));
+        }
+        Ok(at.min(to))
+    }
+
     /// The log indices `filter` selects in `from..to`, at most `limit`, and where the walk
-    /// stopped; from the index alone.
-    pub(crate) fn select(&self, filter: &AuditFilter, from: u64, to: u64, limit: usize) -> (Vec<u64>, u64) {
-        let state = self.index.read();
-        let Some(resolved) = Resolved::new(&state, filter) else { return (Vec::new(), to) };
-        let mut out = Vec::new();
-        let stop = resolved.walk(&state, from, to.min(state.size()), |i| {
-            out.push(i);
-            out.len() < limit
-        });
-        (out, stop)
+    /// stopped; from the index, and below it from at most `max_old` older entries (at least
+    /// one chunk of them) indexed from storage.
+    pub(crate) async fn select(
+        &self,
+        filter: &AuditFilter,
+        from: u64,
+        to: u64,
+        limit: usize,
+        max_old: u64,
+    ) -> Result<Selection> {
+        let mut indexes = Vec::new();
+        let stop = self
+            .over_index(from, to, filter.times(), max_old, |state, from, to| {
+                select_in(state, filter, from, to, |i| {
+                    indexes.push(i);
+                    indexes.len() < limit
+                })
+            })
+            .await?;
+        Ok(Selection { indexes, stop })
     }
 
     /// Reads the events at `indexes` (ascending), grouping near ones into one read.
@@ -411,12 +513,15 @@ impl AuditLog {
         let mut events = Vec::with_capacity(limit);
         let mut next = cursor.next;
         let mut budget = SCAN_BUDGET.max(limit);
-        while events.len() < limit && next < cursor.as_of && budget > 0 {
+        let mut old_budget = OLD_SCAN_BUDGET;
+        while events.len() < limit && next < cursor.as_of && budget > 0 && old_budget > 0 {
             let want = if filter.fields.is_empty() { limit - events.len() } else { budget.min(1024) };
-            let (indexes, stop) = self.select(filter, next, cursor.as_of, want);
-            budget = budget.saturating_sub(indexes.len().max(1));
-            let fetched = self.fetch(&indexes).await?;
-            next = stop;
+            let selected = self.select(filter, next, cursor.as_of, want, old_budget).await?;
+            budget = budget.saturating_sub(selected.indexes.len().max(1));
+            let base = self.index.read().base();
+            old_budget = old_budget.saturating_sub(selected.stop.min(base).saturating_sub(next));
+            let fetched = self.fetch(&selected.indexes).await?;
+            next = selected.stop;
             for e in fetched {
                 if events.len() == limit {
                     next = e.index;
@@ -439,32 +544,39 @@ impl AuditLog {
             return Err(Error::invalid_argument("statistics take the indexed filters only (no `fields`)"));
         }
         let size = self.indexed_size().await?;
-        let state = self.index.read();
         let mut stats = AuditStatistics { as_of: size, ..AuditStatistics::default() };
-        let Some(resolved) = Resolved::new(&state, filter) else { return Ok(stats) };
-        let mut counts: [HashMap<Sym, u64>; 4] = Default::default();
-        resolved.walk(&state, 0, size.min(state.size()), |index| {
-            if let Some(row) = state.row(index) {
-                stats.total += 1;
-                for (map, sym) in
-                    counts.iter_mut().zip([row.event_type, row.outcome, row.principal, row.tenant])
-                {
-                    *map.entry(sym).or_default() += 1;
+        let [mut types, mut outcomes, mut principals, mut tenants] = <[BTreeMap<String, u64>; 4]>::default();
+        self.over_index(0, size, filter.times(), u64::MAX, |state, from, to| {
+            let resolved = Resolved::new(state, filter)?;
+            let mut counts: [HashMap<Sym, u64>; 4] = Default::default();
+            resolved.walk(state, from, to, |index| {
+                if let Some(row) = state.row(index) {
+                    stats.total += 1;
+                    for (map, sym) in
+                        counts.iter_mut().zip([row.event_type, row.outcome, row.principal, row.tenant])
+                    {
+                        *map.entry(sym).or_default() += 1;
+                    }
+                    stats.policy_violations += u64::from(row.violation);
+                    stats.first_at_ms = Some(stats.first_at_ms.map_or(row.time_ms, |t| t.min(row.time_ms)));
+                    stats.last_at_ms = Some(stats.last_at_ms.map_or(row.time_ms, |t| t.max(row.time_ms)));
                 }
-                stats.policy_violations += u64::from(row.violation);
-                stats.first_at_ms = Some(stats.first_at_ms.map_or(row.time_ms, |t| t.min(row.time_ms)));
-                stats.last_at_ms = Some(stats.last_at_ms.map_or(row.time_ms, |t| t.max(row.time_ms)));
+                true
+            });
+            for (named, counts) in
+                [&mut types, &mut outcomes, &mut principals, &mut tenants].into_iter().zip(counts)
+            {
+                for (sym, n) in counts {
+                    *named.entry(state.strings.name(sym).to_owned()).or_default() += n;
+                }
             }
-            true
-        });
-        let [types, outcomes, principals, tenants] = counts;
-        let named = |m: HashMap<Sym, u64>| -> BTreeMap<String, u64> {
-            m.into_iter().map(|(k, v)| (state.strings.name(k).to_owned(), v)).collect()
-        };
-        stats.by_event_type = named(types);
-        stats.by_outcome = named(outcomes);
-        stats.by_principal = named(principals);
-        stats.by_tenant = named(tenants);
+            None
+        })
+        .await?;
+        stats.by_event_type = types;
+        stats.by_outcome = outcomes;
+        stats.by_principal = principals;
+        stats.by_tenant = tenants;
         Ok(stats)
     }
 }

@@ -9,7 +9,11 @@ use std::fmt;
 use aesp_core::{Error, Result, proto::v1::AuditEvent};
 use sha2::{Digest as _, Sha256};
 
-use crate::{log::AuditLog, query::AuditFilter, storage::PruneRequest};
+use crate::{
+    log::AuditLog,
+    query::{AuditFilter, select_in},
+    storage::PruneRequest,
+};
 
 /// The event type of a retention pruning.
 pub const EVENT_RETENTION_PRUNE: &str = "AUDIT_RETENTION_PRUNE";
@@ -121,15 +125,18 @@ impl AuditLog {
         let through = self.checkpoint().await?.checkpoint().size;
         self.index.catch_up(self.storage().as_ref(), through).await?;
         let filter = rule.filter();
-        let (selected, _) = self.select(&filter, 0, through, usize::MAX);
-        let indexes: Vec<u64> = {
-            let state = self.index.read();
+        // The events the rule selects, but for pruning and erasure events.
+        let mut indexes: Vec<u64> = Vec::new();
+        self.over_index(0, through, filter.times(), u64::MAX, |state, from, to| {
             let keep = [state.strings.get(EVENT_RETENTION_PRUNE), state.strings.get(EVENT_ERASURE)];
-            selected
-                .into_iter()
-                .filter(|&i| state.row(i).is_some_and(|r| !keep.contains(&Some(r.event_type))))
-                .collect()
-        };
+            select_in(state, &filter, from, to, |i| {
+                if state.row(i).is_some_and(|r| !keep.contains(&Some(r.event_type))) {
+                    indexes.push(i);
+                }
+                true
+            })
+        })
+        .await?;
         if indexes.is_empty() {
             return Ok(PruneReport { rule: text, event_index: None, pruned: 0, through });
         }

@@ -8,8 +8,8 @@ mod common;
 use std::sync::Arc;
 
 use aesp_audit::{
-    AuditFilter, AuditLog, AuditQuery, IndexedEvent, Leaf, MemoryStorage, PruneRule, ReportRequest,
-    SignedCheckpoint, TlogProof, framework_controls, render_html,
+    AuditFilter, AuditLog, AuditLogOptions, AuditQuery, IndexedEvent, Leaf, MemoryStorage, PruneRule,
+    ReportRequest, SignedCheckpoint, TlogProof, framework_controls, render_html,
 };
 use aesp_core::{
     ErrorCode,
@@ -128,7 +128,11 @@ fn request(framework: ComplianceFramework, tenant: &str, start_ms: u64, end_ms: 
 }
 
 async fn populated_log() -> AuditLog {
-    let log = open_log(Arc::new(MemoryStorage::default()), &signer(7, ORIGIN)).await;
+    populated_log_with(common::options()).await
+}
+
+async fn populated_log_with(options: AuditLogOptions) -> AuditLog {
+    let log = AuditLog::open(Arc::new(MemoryStorage::default()), signer(7, ORIGIN), options).await.unwrap();
     let events = random_events(0x5eed, 3000);
     for chunk in events.chunks(500) {
         log.append_batch(chunk).await.unwrap();
@@ -146,7 +150,17 @@ async fn populated_log() -> AuditLog {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_agree_with_queries_statistics_and_a_brute_force_scan() {
-    let log = populated_log().await;
+    reports_agree(&populated_log().await).await;
+}
+
+/// The same with an index of the latest 1,024 entries: the rest is read from storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_agree_when_most_entries_are_older_than_the_index() {
+    reports_agree(&populated_log_with(common::small_index()).await).await;
+}
+
+#[expect(clippy::indexing_slicing, reason = "the body of tests: a bad index fails the test")]
+async fn reports_agree(log: &AuditLog) {
     let verifier = log.verifier().clone();
     let periods = [(BASE_MS + 2 * DAY_MS, BASE_MS + 8 * DAY_MS), (0, BASE_MS + 30 * DAY_MS)];
     for framework in FRAMEWORKS {
@@ -171,7 +185,7 @@ async fn reports_agree_with_queries_statistics_and_a_brute_force_scan() {
                 )
                 .unwrap();
                 let size = checkpoint.checkpoint().size;
-                let stored = scan(&log, size).await;
+                let stored = scan(log, size).await;
 
                 let period =
                     AuditFilter { end_ms: Some(end), start_ms: start, ..AuditFilter::tenant(tenant) };
@@ -210,7 +224,7 @@ async fn reports_agree_with_queries_statistics_and_a_brute_force_scan() {
                         outcome: spec.outcome.map(str::to_owned),
                         ..period.clone()
                     };
-                    let queried = query_all(&log, &filter).await;
+                    let queried = query_all(log, &filter).await;
                     assert_eq!(control.evidence_count, queried.len() as u64, "{} {tenant}", spec.id);
                     assert_eq!(spec.filter(tenant, start, end), filter);
                     // The samples are the first evidence events, in log order.

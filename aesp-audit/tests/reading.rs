@@ -1,6 +1,7 @@
 //! Reading the audit log: queries against a brute-force scan, paging while the log grows,
 //! statistics, the index rebuilt from the log, live subscriptions that lag and resume, and
-//! pruning that keeps every remaining proof and whole-log verification valid.
+//! pruning that keeps every remaining proof and whole-log verification valid; also with an
+//! index of the latest entries only, whose readers reach older ones through storage.
 #![expect(clippy::unwrap_used, reason = "test helpers fail by panicking")]
 
 mod common;
@@ -122,7 +123,21 @@ async fn memory_log() -> AuditLog {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_filter_and_combination_matches_a_brute_force_scan() {
-    let log = memory_log().await;
+    matches_a_brute_force_scan(memory_log().await).await;
+}
+
+/// The same with an index of the latest 1,024 entries (of 3,000): most pages, statistics and
+/// cursors reach below it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_older_than_the_index_match_a_brute_force_scan() {
+    let log = AuditLog::open(Arc::new(MemoryStorage::default()), signer(1, ORIGIN), common::small_index())
+        .await
+        .unwrap();
+    matches_a_brute_force_scan(log).await;
+}
+
+#[expect(clippy::indexing_slicing, reason = "the body of tests: a bad index fails the test")]
+async fn matches_a_brute_force_scan(log: AuditLog) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let events = fill(&log, &mut rng, 3000).await;
     for round in 0..150 {
@@ -240,6 +255,27 @@ async fn the_index_is_rebuilt_from_the_log_after_a_restart() {
     let fs = fs.crash(CrashMode::DropUnsynced);
     let log = open_log(segment(&fs).await, &key).await;
     for _ in 0..20 {
+        let filter = random_filter(&mut rng);
+        assert_eq!(all_pages(&log, &filter, 64).await, brute_force(&events, &filter), "{filter:?}");
+    }
+}
+
+/// A log reopened with an index of the latest 1,024 entries (of 5,000) indexes only those,
+/// reading the rest for queries as they reach it; the log keeps growing meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_index_after_a_restart_still_answers_for_the_whole_log() {
+    let fs = FaultyFileSystem::new();
+    let key = signer(1, ORIGIN);
+    let log = open_log(segment(&fs).await, &key).await;
+    let mut rng = Rng(12);
+    let mut events = fill(&log, &mut rng, 5000).await;
+    log.close().await.unwrap();
+    let log = AuditLog::open(segment(&fs).await, key.clone(), common::small_index()).await.unwrap();
+    for round in 0..20 {
+        if round % 5 == 4 {
+            // Appends after the reopening move the index on.
+            events.extend(fill(&log, &mut rng, 700).await);
+        }
         let filter = random_filter(&mut rng);
         assert_eq!(all_pages(&log, &filter, 64).await, brute_force(&events, &filter), "{filter:?}");
     }

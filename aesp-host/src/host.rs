@@ -172,6 +172,10 @@ pub struct HostOptions {
     pub audit_origin: String,
     /// The audit signing key's name in signed notes.
     pub audit_key_name: String,
+    /// How many of the latest audit entries the audit log's in-memory query index covers
+    /// (`AuditLogOptions::index_entries`; about 60 bytes an entry, two entries a call).
+    /// Audit queries reaching further back read storage.
+    pub audit_index_entries: u64,
     /// Session lifetimes.
     pub sessions: SessionOptions,
     /// A runtime that has not sent a heartbeat for this long is unhealthy.
@@ -204,6 +208,7 @@ impl Default for HostOptions {
         Self {
             audit_origin: "aesp.local/audit".to_owned(),
             audit_key_name: "aesp.local/audit-key".to_owned(),
+            audit_index_entries: AuditLogOptions::new("").index_entries,
             sessions: SessionOptions::default(),
             heartbeat_timeout: Duration::from_secs(30),
             default_call_timeout: Duration::from_secs(30),
@@ -336,9 +341,11 @@ impl Host {
     async fn start(backends: Backends, options: HostOptions) -> Result<Self> {
         let clock = Arc::clone(&backends.clock);
         let signer = NoteSigner::new(&options.audit_key_name, Arc::clone(&backends.audit_signer))?;
-        let audit =
-            AuditLog::open(Arc::clone(&backends.audit), signer, AuditLogOptions::new(&options.audit_origin))
-                .await?;
+        let audit_options = AuditLogOptions {
+            index_entries: options.audit_index_entries,
+            ..AuditLogOptions::new(&options.audit_origin)
+        };
+        let audit = AuditLog::open(Arc::clone(&backends.audit), signer, audit_options).await?;
         let tenants = Tenants::load(Arc::clone(&backends.state), Arc::clone(&clock)).await?;
         let mut tenant_ids: Vec<String> = tenants.list().iter().map(|t| t.tenant_id.clone()).collect();
         tenant_ids.push(SYSTEM_TENANT.to_owned());

@@ -9,7 +9,9 @@
 //! `cargo bench -p aesp-benches --bench host` (set `AESP_BENCH_CONCURRENCY`, default 512, for
 //! the number of concurrent callers, `AESP_BENCH_CALLS` (default 100,000) for the calls of the
 //! fixed run, `AESP_BENCH_REPEAT` (default 1) to make the fixed run that many times and print
-//! their median, and `AESP_BENCH_RUNS=plain` or `token` for one run only).
+//! their median, `AESP_BENCH_RUNS=plain` or `token` for one run only, and
+//! `AESP_BENCH_INDEX_ENTRIES` for the entries the audit query index covers, default the
+//! Host's).
 //! Prints throughput, p50 and p99 latency, and the CPU time per call (all threads, from
 //! `/proc/self/stat`): the figure that tells the pipeline's cost apart from fsync waits. It also
 //! prints how much of the machine's CPU time was idle (or waiting for I/O) and how much the
@@ -52,7 +54,10 @@ async fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     // The default idempotency table (100,000 ids): past 333 calls a second it forgets the
     // oldest finished calls early, as a Host under this load does.
-    let options = HostOptions { policy_schema: aesp_benches::schema(), ..HostOptions::default() };
+    let mut options = HostOptions { policy_schema: aesp_benches::schema(), ..HostOptions::default() };
+    if let Some(entries) = std::env::var("AESP_BENCH_INDEX_ENTRIES").ok().and_then(|v| v.parse().ok()) {
+        options.audit_index_entries = entries;
+    }
     let host = Host::builder().data_dir(dir.path()).options(options).build().await.expect("host");
     let session = aesp_benches::prepare_pipeline(&host).await;
     let alice = aesp_benches::bench_caller();

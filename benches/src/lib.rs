@@ -233,8 +233,16 @@ pub const AUDIT_ORIGIN: &str = "bench.example/log";
 ///
 /// # Panics
 /// If the directory or the log cannot be opened (a benchmark fails by panicking).
-#[expect(clippy::expect_used, reason = "benchmark setup fails by panicking")]
 pub async fn open_segment_log(path: &Path) -> (Arc<dyn LogStorage>, AuditLog) {
+    open_segment_log_indexing(path, AuditLogOptions::new(AUDIT_ORIGIN).index_entries).await
+}
+
+/// [`open_segment_log`] with a query index of the latest `index_entries` entries.
+///
+/// # Panics
+/// If the directory or the log cannot be opened (a benchmark fails by panicking).
+#[expect(clippy::expect_used, reason = "benchmark setup fails by panicking")]
+pub async fn open_segment_log_indexing(path: &Path, index_entries: u64) -> (Arc<dyn LogStorage>, AuditLog) {
     let fs = OsFileSystem::new(path).expect("log directory");
     let storage: Arc<dyn LogStorage> =
         Arc::new(SegmentStorage::open(Arc::new(fs), SegmentOptions::default()).await.expect("segments"));
@@ -242,6 +250,7 @@ pub async fn open_segment_log(path: &Path) -> (Arc<dyn LogStorage>, AuditLog) {
     let mut options = AuditLogOptions::new(AUDIT_ORIGIN);
     options.max_batch_entries = 64 * 1024;
     options.max_batch_bytes = 30 << 20;
+    options.index_entries = index_entries;
     let log = AuditLog::open(Arc::clone(&storage), signer, options).await.expect("audit log");
     (storage, log)
 }

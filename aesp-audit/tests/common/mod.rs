@@ -33,6 +33,14 @@ pub(crate) fn options() -> AuditLogOptions {
     options
 }
 
+/// [`options`] with a query index of the latest 1,024 entries only (its least), so that
+/// readers of a longer log reach the older entries through storage.
+pub(crate) fn small_index() -> AuditLogOptions {
+    let mut options = options();
+    options.index_entries = 1024;
+    options
+}
+
 pub(crate) async fn open_log(storage: Arc<dyn LogStorage>, signer: &NoteSigner) -> AuditLog {
     AuditLog::open(storage, signer.clone(), options()).await.unwrap()
 }
