@@ -206,6 +206,67 @@ async fn paging_neither_skips_nor_repeats_while_the_log_grows() {
     assert_eq!(now.len(), brute_force(&events, &filter).len());
 }
 
+/// The first `n` events the writer appended, once it has recorded them (an append is durable,
+/// and counted in a page's `as_of`, before the writer hears back).
+async fn known(events: &std::sync::Mutex<Vec<AuditEvent>>, n: u64) -> Vec<AuditEvent> {
+    for _ in 0..500 {
+        if let Some(prefix) = events.lock().unwrap().get(..n as usize) {
+            return prefix.to_vec();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let recorded = events.lock().unwrap().len();
+    assert!(recorded as u64 >= n, "the writer recorded {recorded} events of {n}");
+    events.lock().unwrap().get(..n as usize).unwrap().to_vec()
+}
+
+/// With an index of 1,024 entries and appends arriving all the while, the index drops rows
+/// under the pages and statistics reading them; each still answers exactly for its log size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_stay_exact_while_appends_move_a_small_index_on() {
+    let log = AuditLog::open(Arc::new(MemoryStorage::default()), signer(1, ORIGIN), common::small_index())
+        .await
+        .unwrap();
+    let mut rng = Rng(21);
+    let events = Arc::new(std::sync::Mutex::new(fill(&log, &mut rng, 2000).await));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (log, events, stop) = (log.clone(), Arc::clone(&events), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut rng = Rng(22);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let more = fill(&log, &mut rng, 50).await;
+                events.lock().unwrap().extend(more);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    for round in 0..20 {
+        let filter = random_filter(&mut rng);
+        let mut got = Vec::new();
+        let mut cursor = None;
+        let as_of = loop {
+            let query = AuditQuery { filter: filter.clone(), limit: 50, cursor };
+            let page = log.query(&query).await.unwrap();
+            got.extend(page.events.into_iter().map(|e| (e.index, e.event)));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break page.as_of,
+            }
+        };
+        let want = brute_force(&known(&events, as_of).await, &filter);
+        assert!(got == want, "round {round}: {filter:?}");
+        if filter.fields.is_empty() {
+            let stats = log.statistics(&filter).await.unwrap();
+            let want = brute_force(&known(&events, stats.as_of).await, &filter);
+            assert_eq!(stats.total, want.len() as u64, "round {round}: {filter:?}");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+    assert!(log.size() > 3000, "the appends did not move the index on: {}", log.size());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_cursors_and_filters_are_refused_with_clear_codes() {
     let log = memory_log().await;

@@ -6,7 +6,7 @@
 //! A second run puts authentication in the path: every call presents an EdDSA access token,
 //! which the Host validates (cached after its first verification) and turns into the caller.
 //!
-//! `cargo bench -p aesp-benches --bench host` (set `AESP_BENCH_CONCURRENCY`, default 512, for
+//! `cargo bench -p aesp-benches --bench host` (set `AESP_BENCH_CONCURRENCY`, default 1,024, for
 //! the number of concurrent callers, `AESP_BENCH_CALLS` (default 100,000) for the calls of the
 //! fixed run, `AESP_BENCH_REPEAT` (default 1) to make the fixed run that many times and print
 //! their median, `AESP_BENCH_RUNS=plain` or `token` for one run only, and
@@ -47,7 +47,9 @@ struct Setup {
 }
 
 fn concurrency() -> usize {
-    std::env::var("AESP_BENCH_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
+    // 1,024: on the 2-vCPU machine the pipeline was measured on, fewer callers left the cores
+    // idle between group commits and more cost more CPU per call (docs/PERFORMANCE.md).
+    std::env::var("AESP_BENCH_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(1024)
 }
 
 async fn setup() -> Setup {
