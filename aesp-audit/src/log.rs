@@ -256,6 +256,11 @@ impl AuditLog {
         self.counters.read()
     }
 
+    /// The options the log was opened with.
+    pub fn options(&self) -> &AuditLogOptions {
+        &self.options
+    }
+
     /// The key that verifies this log's checkpoints.
     pub fn verifier(&self) -> &NoteVerifier {
         &self.verifier
