@@ -44,7 +44,7 @@ use base64::Engine as _;
 use crate::{
     checkpoint::SignedCheckpoint,
     log::AuditLog,
-    query::AuditFilter,
+    query::{AuditFilter, select_in},
     retention::{EVENT_ERASURE, EVENT_RETENTION_PRUNE},
 };
 
@@ -492,33 +492,42 @@ struct Tally {
 }
 
 impl AuditLog {
-    /// Counts the outcomes, violations and (with `by_tool`) tools of the events at `indexes`
-    /// (ascending).
-    async fn tally(&self, indexes: &[u64], by_tool: bool) -> Result<Tally> {
+    /// Counts the outcomes, violations and (with `by_tool`) tools of the events `filter`
+    /// selects below `size`, in one pass, and keeps the log indices of the first `samples`.
+    async fn tally(
+        &self,
+        filter: &AuditFilter,
+        size: u64,
+        by_tool: bool,
+        samples: usize,
+    ) -> Result<(Tally, Vec<u64>)> {
         let mut tally = Tally::default();
+        let mut first = Vec::with_capacity(samples);
         let mut tools: HashMap<String, u64> = HashMap::new();
-        let (Some(&first), Some(&last)) = (indexes.first(), indexes.last()) else { return Ok(tally) };
-        let mut rest = indexes;
-        self.over_index(first, last.saturating_add(1), (0, u64::MAX), u64::MAX, |state, _, to| {
-            let (here, later) = rest.split_at(rest.partition_point(|&i| i < to));
-            rest = later;
+        self.over_index(0, size, filter.times(), u64::MAX, |state, from, to| {
             let sym = |s: &str| state.strings.get(s);
             let (denied, failed, errors) = (sym("DENIED"), sym("FAILURE"), sym("ERROR"));
             let (prune, erase) = (sym(EVENT_RETENTION_PRUNE), sym(EVENT_ERASURE));
             let mut by_tool_sym: HashMap<u32, u64> = HashMap::new();
-            for row in here.iter().filter_map(|&i| state.row(i)) {
-                tally.count += 1;
-                let outcome = Some(row.outcome);
-                tally.denied += u64::from(outcome == denied);
-                tally.failed += u64::from(outcome == failed);
-                tally.errors += u64::from(outcome == errors);
-                tally.violations += u64::from(row.violation);
-                tally.prunings += u64::from(Some(row.event_type) == prune);
-                tally.erasures += u64::from(Some(row.event_type) == erase);
-                if by_tool {
-                    *by_tool_sym.entry(row.resource).or_default() += 1;
+            select_in(state, filter, from, to, |index| {
+                if let Some(row) = state.row(index) {
+                    tally.count += 1;
+                    let outcome = Some(row.outcome);
+                    tally.denied += u64::from(outcome == denied);
+                    tally.failed += u64::from(outcome == failed);
+                    tally.errors += u64::from(outcome == errors);
+                    tally.violations += u64::from(row.violation);
+                    tally.prunings += u64::from(Some(row.event_type) == prune);
+                    tally.erasures += u64::from(Some(row.event_type) == erase);
+                    if by_tool {
+                        *by_tool_sym.entry(row.resource).or_default() += 1;
+                    }
+                    if first.len() < samples {
+                        first.push(index);
+                    }
                 }
-            }
+                true
+            });
             for (sym, n) in by_tool_sym {
                 *tools.entry(state.strings.name(sym).to_owned()).or_default() += n;
             }
@@ -528,16 +537,17 @@ impl AuditLog {
         let mut tools: Vec<(String, u64)> = tools.into_iter().collect();
         tools.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         tally.tools = tools;
-        Ok(tally)
+        Ok((tally, first))
     }
 
     /// A compliance report for `request`'s framework, tenant and period.
     ///
     /// It first signs a checkpoint and counts only entries below its size, so every evidence
     /// event can be proved against the report's `checkpoint` (events appended meanwhile are
-    /// left to the next report). Counts come from the query index (for entries older than it
-    /// covers, from chunks of them indexed from storage, which reads them); the samples are the
-    /// first evidence events in log order, read from storage.
+    /// left to the next report). Counts come from the query index, one pass per control (for
+    /// entries older than it covers, from chunks of them indexed from storage, which reads
+    /// them), and hold no list of the events counted; the samples are the first evidence
+    /// events in log order, read from storage.
     /// Pruned events no longer count. A sample whose event has no `event_id` is named
     /// `index:<log index>`.
     ///
@@ -566,15 +576,12 @@ impl AuditLog {
         self.index.catch_up(self.storage().as_ref(), size).await?;
 
         let period = AuditFilter { end_ms: Some(end_ms), start_ms, ..AuditFilter::tenant(tenant) };
-        let all = self.select(&period, 0, size, usize::MAX, u64::MAX).await?.indexes;
-        let overall = self.tally(&all, false).await?;
+        let (overall, _) = self.tally(&period, size, false, 0).await?;
 
         let mut controls = Vec::with_capacity(table.controls.len() + table.not_covered.len());
         for spec in table.controls {
             let filter = spec.filter(tenant, start_ms, end_ms);
-            let indexes = self.select(&filter, 0, size, usize::MAX, u64::MAX).await?.indexes;
-            let tally = self.tally(&indexes, spec.by_tool).await?;
-            let first: Vec<u64> = indexes.iter().take(samples).copied().collect();
+            let (tally, first) = self.tally(&filter, size, spec.by_tool, samples).await?;
             let evidence_event_ids = self
                 .fetch(&first)
                 .await?
