@@ -109,11 +109,33 @@ pub struct PruneReport {
 }
 
 impl AuditLog {
+    /// Calls `each` on the events `filter` selects in `from..through`, but for pruning and
+    /// erasure events (never pruned), in log order, until it returns false; returns where it
+    /// stopped (the next index to look at), or `through`.
+    async fn walk_prunable(
+        &self,
+        filter: &AuditFilter,
+        from: u64,
+        through: u64,
+        mut each: impl FnMut(u64) -> bool,
+    ) -> Result<u64> {
+        self.over_index(from, through, filter.times(), u64::MAX, |state, from, to| {
+            let keep = [state.strings.get(EVENT_RETENTION_PRUNE), state.strings.get(EVENT_ERASURE)];
+            // An event that is not to be pruned is passed over; the walk goes on.
+            select_in(state, filter, from, to, |i| {
+                state.row(i).is_none_or(|r| keep.contains(&Some(r.event_type))) || each(i)
+            })
+        })
+        .await
+    }
+
     /// Prunes the events `rule` selects among those a checkpoint covers, recording the
     /// pruning as an audit event by `actor` at `now_ms` before any entry is touched.
     ///
-    /// Pruning events themselves are never pruned. After a crash between the event and the
-    /// pruning, running the same rule again finishes the job (under a new event).
+    /// Pruning events themselves are never pruned. The events are counted first, then pruned a
+    /// chunk at a time (as many as one chunk of the query index's older entries), so no list
+    /// of all of them is held. After a crash between the event and the pruning, or between two
+    /// chunks, running the same rule again finishes the job (under a new event).
     pub async fn prune(&self, rule: &PruneRule, actor: &str, now_ms: u64) -> Result<PruneReport> {
         if rule.tenant().is_empty() {
             return Err(Error::invalid_argument("a pruning rule names its tenant"));
@@ -125,21 +147,18 @@ impl AuditLog {
         let through = self.checkpoint().await?.checkpoint().size;
         self.index.catch_up(self.storage().as_ref(), through).await?;
         let filter = rule.filter();
-        // The events the rule selects, but for pruning and erasure events.
-        let mut indexes: Vec<u64> = Vec::new();
-        self.over_index(0, through, filter.times(), u64::MAX, |state, from, to| {
-            let keep = [state.strings.get(EVENT_RETENTION_PRUNE), state.strings.get(EVENT_ERASURE)];
-            select_in(state, &filter, from, to, |i| {
-                if state.row(i).is_some_and(|r| !keep.contains(&Some(r.event_type))) {
-                    indexes.push(i);
-                }
-                true
-            })
+        // Count the events the rule selects (no list of them: it can be a tenant's history).
+        let (mut selected, mut first, mut last) = (0u64, None, 0u64);
+        self.walk_prunable(&filter, 0, through, |i| {
+            selected += 1;
+            first.get_or_insert(i);
+            last = i;
+            true
         })
         .await?;
-        if indexes.is_empty() {
+        let Some(first) = first else {
             return Ok(PruneReport { rule: text, event_index: None, pruned: 0, through });
-        }
+        };
         let event = AuditEvent {
             event_id: aesp_core::new_id(&aesp_core::SystemClock),
             timestamp_ms: now_ms,
@@ -152,19 +171,33 @@ impl AuditLog {
             metadata: [
                 ("rule".to_owned(), text.clone()),
                 ("through_index".to_owned(), through.to_string()),
-                ("selected".to_owned(), indexes.len().to_string()),
-                ("first_index".to_owned(), indexes.first().copied().unwrap_or(0).to_string()),
-                ("last_index".to_owned(), indexes.last().copied().unwrap_or(0).to_string()),
+                ("selected".to_owned(), selected.to_string()),
+                ("first_index".to_owned(), first.to_string()),
+                ("last_index".to_owned(), last.to_string()),
             ]
             .into(),
             ..AuditEvent::default()
         };
         let event_index = self.append(&event).await?;
-        let pruned = self
-            .storage()
-            .prune(PruneRequest { indexes: &indexes, pruned_at_ms: now_ms, rule: &text, event_index })
-            .await?;
-        self.index.mark_pruned(&indexes);
+        // Then prune them a chunk at a time.
+        let chunk = usize::try_from(self.index.chunk_entries()).unwrap_or(usize::MAX);
+        let mut batch: Vec<u64> = Vec::with_capacity(chunk.min(64 * 1024));
+        let (mut pruned, mut next) = (0u64, first);
+        while next < through {
+            batch.clear();
+            next = self
+                .walk_prunable(&filter, next, through, |i| {
+                    batch.push(i);
+                    batch.len() < chunk
+                })
+                .await?;
+            if batch.is_empty() {
+                break;
+            }
+            let request = PruneRequest { indexes: &batch, pruned_at_ms: now_ms, rule: &text, event_index };
+            pruned = pruned.saturating_add(self.storage().prune(request).await?);
+            self.index.mark_pruned(&batch);
+        }
         Ok(PruneReport { rule: text, event_index: Some(event_index), pruned, through })
     }
 }

@@ -9,9 +9,9 @@ mod common;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use aesp_audit::{
-    AuditFilter, AuditLog, AuditQuery, CrashMode, EVENT_RETENTION_PRUNE, FaultyFileSystem, FileSystem, Leaf,
-    LogStorage, MemoryStorage, PruneRequest, PruneRule, SegmentOptions, SegmentStorage, VerifyOptions,
-    leaf_hash, verify_inclusion, verify_log,
+    AuditFilter, AuditLog, AuditLogOptions, AuditQuery, CrashMode, EVENT_RETENTION_PRUNE, FaultyFileSystem,
+    FileSystem, Leaf, LogStorage, MemoryStorage, PruneRequest, PruneRule, SegmentOptions, SegmentStorage,
+    VerifyOptions, leaf_hash, verify_inclusion, verify_log,
 };
 use aesp_core::{ErrorCode, proto::v1::AuditEvent};
 use common::{ORIGIN, Rng, open_log, signer};
@@ -388,25 +388,44 @@ async fn a_lagging_subscriber_resumes_from_its_index_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_keeps_every_proof_and_whole_log_verification() {
+    prunes_keeping_every_proof(common::options(), 1200, 6_000, 50).await;
+}
+
+/// The same on a log four times longer with an index of 1,024 entries: over 1,024 events go,
+/// most of them older than the index, pruned in several chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pruning_larger_than_a_chunk_keeps_every_proof() {
+    prunes_keeping_every_proof(common::small_index(), 4800, 38_000, 1100).await;
+}
+
+/// Fills a log of `n` events, prunes tenant acme's before `cutoff_ms` after the first event
+/// (at least `at_least` of them), and checks the tombstones, every proof, verification,
+/// queries, a repeat and a power loss.
+#[expect(clippy::indexing_slicing, clippy::panic, reason = "the body of tests: a bad value fails the test")]
+async fn prunes_keeping_every_proof(options: AuditLogOptions, n: u64, cutoff_ms: u64, at_least: usize) {
     let fs = FaultyFileSystem::new();
     let key = signer(1, ORIGIN);
     let storage = segment(&fs).await;
+    let open_log = |storage, key: &aesp_audit::NoteSigner| {
+        let (key, options) = (key.clone(), options.clone());
+        async move { AuditLog::open(storage, key, options).await.unwrap() }
+    };
     let log = open_log(Arc::clone(&storage), &key).await;
     let mut rng = Rng(21);
-    let events = fill(&log, &mut rng, 1200).await;
-    let cutoff = BASE_MS + 6_000;
+    let events = fill(&log, &mut rng, n).await;
+    let cutoff = BASE_MS + cutoff_ms;
     let rule = PruneRule::Retention { tenant: "acme".into(), before_ms: cutoff };
     let expected: Vec<u64> =
         brute_force(&events, &AuditFilter { end_ms: Some(cutoff), ..AuditFilter::tenant("acme") })
             .into_iter()
             .map(|(i, _)| i)
             .collect();
-    assert!(expected.len() > 50);
+    assert!(expected.len() > at_least, "{} to prune", expected.len());
     let report = log.prune(&rule, "retention-job", BASE_MS + 99).await.unwrap();
     assert_eq!(report.pruned, expected.len() as u64);
-    assert_eq!(report.through, 1200);
+    assert_eq!(report.through, n);
     let event_index = report.event_index.unwrap();
-    assert_eq!(event_index, 1200, "the pruning is itself an audited event, after what it pruned");
+    assert_eq!(event_index, n, "the pruning is itself an audited event, after what it pruned");
 
     let checkpoint = log.checkpoint().await.unwrap();
     let size = checkpoint.checkpoint().size;
@@ -427,7 +446,7 @@ async fn pruning_keeps_every_proof_and_whole_log_verification() {
         verify_inclusion(i, size, &t.leaf_hash, &proof, &root).unwrap();
     }
     // Every remaining entry proves against the latest signed checkpoint.
-    for i in (0..1200u64).filter(|i| !expected.contains(i)) {
+    for i in (0..n).filter(|i| expected.binary_search(i).is_err()) {
         let bytes = log.entry(i).await.unwrap();
         log.prove(i).await.unwrap().verify(&bytes, std::slice::from_ref(log.verifier())).unwrap();
     }
