@@ -492,62 +492,73 @@ struct Tally {
 }
 
 impl AuditLog {
-    /// Counts the outcomes, violations and (with `by_tool`) tools of the events `filter`
-    /// selects below `size`, in one pass, and keeps the log indices of the first `samples`.
+    /// For each of `selections` (a filter, whether to count by tool, how many samples): counts
+    /// the outcomes, violations and (by tool) tools of the events the filter selects below
+    /// `size`, and keeps the log indices of the first samples. One pass over the index and
+    /// the older entries below it serves them all, so those are read from storage once.
     async fn tally(
         &self,
-        filter: &AuditFilter,
+        selections: &[(AuditFilter, bool, usize)],
         size: u64,
-        by_tool: bool,
-        samples: usize,
-    ) -> Result<(Tally, Vec<u64>)> {
-        let mut tally = Tally::default();
-        let mut first = Vec::with_capacity(samples);
-        let mut tools: HashMap<String, u64> = HashMap::new();
-        self.over_index(0, size, filter.times(), u64::MAX, |state, from, to| {
+    ) -> Result<Vec<(Tally, Vec<u64>)>> {
+        let mut out: Vec<(Tally, Vec<u64>)> =
+            selections.iter().map(|_| (Tally::default(), Vec::new())).collect();
+        let mut tools: Vec<HashMap<String, u64>> = selections.iter().map(|_| HashMap::new()).collect();
+        // The blocks that may hold any selection's times.
+        let times = selections
+            .iter()
+            .map(|(filter, ..)| filter.times())
+            .fold((u64::MAX, 0), |(lo, hi), (start, end)| (lo.min(start), hi.max(end)));
+        self.over_index(0, size, times, u64::MAX, |state, from, to| {
             let sym = |s: &str| state.strings.get(s);
             let (denied, failed, errors) = (sym("DENIED"), sym("FAILURE"), sym("ERROR"));
             let (prune, erase) = (sym(EVENT_RETENTION_PRUNE), sym(EVENT_ERASURE));
-            let mut by_tool_sym: HashMap<u32, u64> = HashMap::new();
-            select_in(state, filter, from, to, |index| {
-                if let Some(row) = state.row(index) {
-                    tally.count += 1;
-                    let outcome = Some(row.outcome);
-                    tally.denied += u64::from(outcome == denied);
-                    tally.failed += u64::from(outcome == failed);
-                    tally.errors += u64::from(outcome == errors);
-                    tally.violations += u64::from(row.violation);
-                    tally.prunings += u64::from(Some(row.event_type) == prune);
-                    tally.erasures += u64::from(Some(row.event_type) == erase);
-                    if by_tool {
-                        *by_tool_sym.entry(row.resource).or_default() += 1;
+            for (((filter, by_tool, samples), (tally, first)), tools) in
+                selections.iter().zip(&mut out).zip(&mut tools)
+            {
+                let mut by_tool_sym: HashMap<u32, u64> = HashMap::new();
+                select_in(state, filter, from, to, |index| {
+                    if let Some(row) = state.row(index) {
+                        tally.count += 1;
+                        let outcome = Some(row.outcome);
+                        tally.denied += u64::from(outcome == denied);
+                        tally.failed += u64::from(outcome == failed);
+                        tally.errors += u64::from(outcome == errors);
+                        tally.violations += u64::from(row.violation);
+                        tally.prunings += u64::from(Some(row.event_type) == prune);
+                        tally.erasures += u64::from(Some(row.event_type) == erase);
+                        if *by_tool {
+                            *by_tool_sym.entry(row.resource).or_default() += 1;
+                        }
+                        if first.len() < *samples {
+                            first.push(index);
+                        }
                     }
-                    if first.len() < samples {
-                        first.push(index);
-                    }
+                    true
+                });
+                for (sym, n) in by_tool_sym {
+                    *tools.entry(state.strings.name(sym).to_owned()).or_default() += n;
                 }
-                true
-            });
-            for (sym, n) in by_tool_sym {
-                *tools.entry(state.strings.name(sym).to_owned()).or_default() += n;
             }
             None
         })
         .await?;
-        let mut tools: Vec<(String, u64)> = tools.into_iter().collect();
-        tools.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        tally.tools = tools;
-        Ok((tally, first))
+        for ((tally, _), tools) in out.iter_mut().zip(tools) {
+            let mut tools: Vec<(String, u64)> = tools.into_iter().collect();
+            tools.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            tally.tools = tools;
+        }
+        Ok(out)
     }
 
     /// A compliance report for `request`'s framework, tenant and period.
     ///
     /// It first signs a checkpoint and counts only entries below its size, so every evidence
     /// event can be proved against the report's `checkpoint` (events appended meanwhile are
-    /// left to the next report). Counts come from the query index, one pass per control (for
-    /// entries older than it covers, from chunks of them indexed from storage, which reads
-    /// them), and hold no list of the events counted; the samples are the first evidence
-    /// events in log order, read from storage.
+    /// left to the next report). Counts come from the query index, in one pass for all controls
+    /// (for entries older than it covers, from chunks of them indexed from storage, read once),
+    /// and hold no list of the events counted; the samples are the first evidence events in
+    /// log order, read from storage.
     /// Pruned events no longer count. A sample whose event has no `event_id` is named
     /// `index:<log index>`.
     ///
@@ -575,13 +586,21 @@ impl AuditLog {
         let size = checkpoint.checkpoint().size;
         self.index.catch_up(self.storage().as_ref(), size).await?;
 
+        // The whole period first, then each control's evidence.
         let period = AuditFilter { end_ms: Some(end_ms), start_ms, ..AuditFilter::tenant(tenant) };
-        let (overall, _) = self.tally(&period, size, false, 0).await?;
+        let selections: Vec<(AuditFilter, bool, usize)> = std::iter::once((period, false, 0))
+            .chain(
+                table
+                    .controls
+                    .iter()
+                    .map(|spec| (spec.filter(tenant, start_ms, end_ms), spec.by_tool, samples)),
+            )
+            .collect();
+        let mut tallies = self.tally(&selections, size).await?.into_iter();
+        let (overall, _) = tallies.next().unwrap_or_default();
 
         let mut controls = Vec::with_capacity(table.controls.len() + table.not_covered.len());
-        for spec in table.controls {
-            let filter = spec.filter(tenant, start_ms, end_ms);
-            let (tally, first) = self.tally(&filter, size, spec.by_tool, samples).await?;
+        for (spec, (tally, first)) in table.controls.iter().zip(tallies) {
             let evidence_event_ids = self
                 .fetch(&first)
                 .await?

@@ -121,6 +121,13 @@ async fn memory_log() -> AuditLog {
     open_log(Arc::new(MemoryStorage::default()), &signer(1, ORIGIN)).await
 }
 
+/// [`memory_log`] with an index of the latest 1,024 entries only.
+async fn small_index_memory_log() -> AuditLog {
+    AuditLog::open(Arc::new(MemoryStorage::default()), signer(1, ORIGIN), common::small_index())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_filter_and_combination_matches_a_brute_force_scan() {
     matches_a_brute_force_scan(memory_log().await).await;
@@ -130,9 +137,7 @@ async fn every_filter_and_combination_matches_a_brute_force_scan() {
 /// cursors reach below it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_older_than_the_index_match_a_brute_force_scan() {
-    let log = AuditLog::open(Arc::new(MemoryStorage::default()), signer(1, ORIGIN), common::small_index())
-        .await
-        .unwrap();
+    let log = small_index_memory_log().await;
     matches_a_brute_force_scan(log).await;
 }
 
@@ -224,9 +229,7 @@ async fn known(events: &std::sync::Mutex<Vec<AuditEvent>>, n: u64) -> Vec<AuditE
 /// under the pages and statistics reading them; each still answers exactly for its log size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_stay_exact_while_appends_move_a_small_index_on() {
-    let log = AuditLog::open(Arc::new(MemoryStorage::default()), signer(1, ORIGIN), common::small_index())
-        .await
-        .unwrap();
+    let log = small_index_memory_log().await;
     let mut rng = Rng(21);
     let events = Arc::new(std::sync::Mutex::new(fill(&log, &mut rng, 2000).await));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
