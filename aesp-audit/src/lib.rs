@@ -25,6 +25,7 @@ mod crc;
 mod export;
 mod fs;
 mod index;
+mod intake;
 mod log;
 mod merkle;
 mod note;

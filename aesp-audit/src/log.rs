@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use crate::{
     checkpoint::{Checkpoint, ConsistencyProof, SignedCheckpoint, TlogProof},
     index::AuditIndex,
+    intake::{Entries, Group, Intake, Limits, Taker},
     merkle::{
         Hash, RightEdge, consistency_ranges, fold_range, inclusion_ranges, leaf_hash, range_subtrees,
         stored_hash_index,
@@ -74,42 +75,11 @@ impl AuditLogOptions {
     }
 }
 
-/// The entries of one append (most carry one, which then needs no vector), each with its
-/// leaf hash, computed by the appending task while the entry is still in its cache.
-enum Entries {
-    One(Bytes, Hash),
-    Many(Vec<Bytes>, Vec<Hash>),
-}
-
-impl Entries {
-    fn one(entry: Bytes) -> Self {
-        let leaf = leaf_hash(&entry);
-        Entries::One(entry, leaf)
-    }
-
-    fn many(entries: Vec<Bytes>) -> Self {
-        let leaves = entries.iter().map(|e| leaf_hash(e)).collect();
-        Entries::Many(entries, leaves)
-    }
-
-    fn as_slice(&self) -> &[Bytes] {
-        match self {
-            Entries::One(entry, _) => std::slice::from_ref(entry),
-            Entries::Many(entries, _) => entries,
-        }
-    }
-}
-
 /// A durable group of entries, with their leaf hashes, as the committer hands it to the
 /// index and the integrator.
 struct Batch {
     entries: Vec<Bytes>,
     leaves: Vec<Hash>,
-}
-
-struct Request {
-    entries: Entries,
-    reply: oneshot::Sender<Result<u64>>,
 }
 
 enum Command {
@@ -177,7 +147,7 @@ impl CommitCounters {
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     storage: Arc<dyn LogStorage>,
-    requests: mpsc::UnboundedSender<Request>,
+    appends: Arc<Appends>,
     commands: mpsc::Sender<Command>,
     permits: Arc<Semaphore>,
     options: Arc<AuditLogOptions>,
@@ -188,9 +158,19 @@ pub struct AuditLog {
     pub(crate) durable: watch::Receiver<u64>,
 }
 
-impl std::fmt::Debug for Request {
+/// The handle through which a log's clones append; the last one dropped closes the intake, so
+/// that the committer writes what is queued and stops.
+struct Appends(Arc<Intake>);
+
+impl Drop for Appends {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+impl std::fmt::Debug for Appends {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Request").field("entries", &self.entries.as_slice().len()).finish_non_exhaustive()
+        f.write_str("Appends")
     }
 }
 
@@ -198,10 +178,6 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Checkpoint")
     }
-}
-
-fn copy_error(e: &Error) -> Error {
-    Error::new(e.code(), e.message().to_owned())
 }
 
 impl AuditLog {
@@ -218,7 +194,9 @@ impl AuditLog {
             ));
         }
         let integrator = Integrator::start(Arc::clone(&storage), signer.clone(), options.clone()).await?;
-        let (requests, request_rx) = mpsc::unbounded_channel();
+        let limits = Limits { entries: options.max_batch_entries, bytes: options.max_batch_bytes };
+        let taker = if storage.blocking_appender().is_some() { Taker::Thread } else { Taker::Task };
+        let intake = Arc::new(Intake::new(limits, taker));
         let (batches_tx, batches_rx) = mpsc::channel(64);
         let (index_tx, index_rx) = mpsc::channel(64);
         let (commands, command_rx) = mpsc::channel(16);
@@ -233,14 +211,14 @@ impl AuditLog {
             counters: Arc::clone(&counters),
         };
         let publisher = Publisher { batches: batches_tx, index: index_tx, durable: durable_tx };
-        committer.start(Arc::clone(&storage), request_rx, publisher);
+        committer.start(Arc::clone(&storage), Arc::clone(&intake), publisher);
         tokio::spawn(integrator.run(batches_rx, command_rx));
         tokio::spawn(follow(Arc::clone(&storage), Arc::clone(&index), durable.clone(), index_rx));
         Ok(Self {
             index,
             durable,
             storage,
-            requests,
+            appends: Arc::new(Appends(intake)),
             commands,
             permits,
             verifier: signer.verifier().clone(),
@@ -321,12 +299,9 @@ impl AuditLog {
             .await
             .map_err(|_| Error::unavailable("the audit log is closed"))?
             .forget();
-        let (reply, rx) = oneshot::channel();
-        if self.requests.send(Request { entries, reply }).is_err() {
-            self.permits.add_permits(count as usize);
-            return Err(Error::unavailable("the audit log is closed"));
-        }
-        rx.await.map_err(|_| Error::unavailable("the audit log stopped"))?
+        // Entries never queued (the committer has stopped) are not written, so their permits
+        // come back here.
+        self.appends.0.append(entries, || self.permits.add_permits(count as usize)).await
     }
 
     /// Integrates every durable entry and signs a checkpoint of it now.
@@ -415,9 +390,6 @@ async fn follow(
     }
 }
 
-/// The replies of a group's appends: each one's reply and how many entries it brought.
-type Replies = Vec<(oneshot::Sender<Result<u64>>, u64)>;
-
 /// Under load, the least time between the starts of two group commits on the committer's
 /// thread. Without it that thread syncs as fast as the disk allows, in groups so small that
 /// the CPU each sync costs (on the machine the benchmarks run on, about 50 µs: system calls,
@@ -427,59 +399,6 @@ const COMMIT_INTERVAL: Duration = Duration::from_millis(1);
 /// How many tasks waiting in the runtime's global queue mean that its workers are all busy
 /// (the load under which [`COMMIT_INTERVAL`] applies); with fewer, a group commits at once.
 const SATURATED_QUEUE: usize = 16;
-
-/// A group commit being put together.
-struct Group {
-    entries: Vec<Bytes>,
-    leaves: Vec<Hash>,
-    replies: Replies,
-    bytes: usize,
-}
-
-impl Group {
-    fn with_capacity(capacity: usize) -> Self {
-        Self {
-            entries: Vec::with_capacity(capacity),
-            leaves: Vec::with_capacity(capacity),
-            replies: Vec::with_capacity(capacity),
-            bytes: 0,
-        }
-    }
-
-    /// Adds `r`, or gives it back when it would take a non-empty group over the limits.
-    fn add(&mut self, r: Request, options: &AuditLogOptions) -> Option<Request> {
-        let entries = r.entries.as_slice();
-        let bytes: usize = entries.iter().map(Bytes::len).sum();
-        if !self.replies.is_empty()
-            && (self.entries.len() + entries.len() > options.max_batch_entries
-                || self.bytes + bytes > options.max_batch_bytes)
-        {
-            return Some(r);
-        }
-        self.bytes += bytes;
-        self.replies.push((r.reply, entries.len() as u64));
-        match r.entries {
-            Entries::One(entry, leaf) => {
-                self.entries.push(entry);
-                self.leaves.push(leaf);
-            }
-            Entries::Many(entries, hashes) => {
-                self.entries.extend(entries);
-                self.leaves.extend(hashes);
-            }
-        }
-        None
-    }
-}
-
-/// Sends each append of a durable group its first index.
-fn acknowledge(first: u64, replies: Replies) {
-    let mut index = first;
-    for (reply, n) in replies {
-        let _ = reply.send(Ok(index));
-        index = index.saturating_add(n);
-    }
-}
 
 /// Makes durable groups visible: to `durable`, the index and the integrator.
 struct Publisher {
@@ -491,8 +410,8 @@ struct Publisher {
 impl Publisher {
     /// Publishes a durable group, then acknowledges its appends: once an append returns,
     /// readers see it.
-    fn publish(&self, first: u64, group: Group) {
-        let Group { entries, leaves, replies, .. } = group;
+    fn publish(&self, first: u64, mut group: Group) {
+        let (entries, leaves) = group.take_entries();
         // One batch, shared by the index and the integrator.
         let all = Arc::new(Batch { entries, leaves });
         let end = first.saturating_add(all.entries.len() as u64);
@@ -504,7 +423,7 @@ impl Publisher {
         // Hints: when a channel is full, its reader reads the entries back instead.
         let _ = self.index.try_send((first, Arc::clone(&all)));
         let _ = self.batches.try_send((first, all));
-        acknowledge(first, replies);
+        group.acknowledge(first);
     }
 }
 
@@ -516,17 +435,23 @@ struct Committer {
     counters: Arc<CommitCounters>,
 }
 
+/// Held by the running committer: when it ends, however it ends, the intake stops taking
+/// appends and fails those queued, rather than leave them waiting for a committer.
+struct Taking(Arc<Intake>);
+
+impl Drop for Taking {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 impl Committer {
-    /// Starts committing the appends of `requests` to `storage`: on a thread of its own when
-    /// the storage can append by blocking, otherwise as a task of the current runtime.
-    fn start(
-        self,
-        storage: Arc<dyn LogStorage>,
-        requests: mpsc::UnboundedReceiver<Request>,
-        publisher: Publisher,
-    ) {
+    /// Starts committing the groups of `intake` to `storage`: on a thread of its own when the
+    /// storage can append by blocking, otherwise as a task of the current runtime.
+    fn start(self, storage: Arc<dyn LogStorage>, intake: Arc<Intake>, publisher: Publisher) {
+        let intake = Taking(intake);
         let Some(appender) = storage.blocking_appender() else {
-            tokio::spawn(self.run(storage, requests, publisher));
+            tokio::spawn(self.run(storage, intake, publisher));
             return;
         };
         // The thread hands each durable group to a task of the runtime, which publishes it and
@@ -535,20 +460,21 @@ impl Committer {
         let (durable, durable_rx) = mpsc::unbounded_channel();
         tokio::spawn(publish_durable(durable_rx, publisher));
         let runtime = tokio::runtime::Handle::current();
-        let slot = Arc::new(std::sync::Mutex::new(Some((self, requests, durable))));
+        let slot = Arc::new(std::sync::Mutex::new(Some((self, intake, durable))));
         let taken = Arc::clone(&slot);
         let spawned = std::thread::Builder::new().name("aesp-audit-commit".into()).spawn(move || {
             let taken = taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-            if let Some((committer, requests, durable)) = taken {
-                committer.run_on_thread(appender.as_ref(), requests, &durable, &runtime);
+            if let Some((committer, intake, durable)) = taken {
+                committer.run_on_thread(appender.as_ref(), &intake, &durable, &runtime);
             }
         });
         if spawned.is_err() {
             // No thread to be had: commit as a task, as for any other storage, publishing
             // through the task already started.
             let taken = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-            if let Some((committer, requests, durable)) = taken {
-                tokio::spawn(committer.run_forwarding(storage, requests, durable));
+            if let Some((committer, intake, durable)) = taken {
+                intake.0.set_taker(Taker::Task);
+                tokio::spawn(committer.run_forwarding(storage, intake, durable));
             }
         }
     }
@@ -570,65 +496,37 @@ impl Committer {
             }
             Err(e) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                for (reply, _) in group.replies {
-                    let _ = reply.send(Err(copy_error(&e)));
-                }
+                group.fail(e);
             }
         }
         self.permits.add_permits(written);
     }
 
     /// The committer as a task: groups form while the previous one is written.
-    async fn run(
-        self,
-        storage: Arc<dyn LogStorage>,
-        requests: mpsc::UnboundedReceiver<Request>,
-        publisher: Publisher,
-    ) {
-        self.run_with(storage, requests, |first, group| publisher.publish(first, group)).await;
+    async fn run(self, storage: Arc<dyn LogStorage>, intake: Taking, publisher: Publisher) {
+        self.run_with(storage, intake, |first, group| publisher.publish(first, group)).await;
     }
 
     /// [`run`](Self::run), handing durable groups to [`publish_durable`].
     async fn run_forwarding(
         self,
         storage: Arc<dyn LogStorage>,
-        requests: mpsc::UnboundedReceiver<Request>,
+        intake: Taking,
         durable: mpsc::UnboundedSender<(u64, Group)>,
     ) {
-        self.run_with(storage, requests, |first, group| forward(&durable, first, group)).await;
+        self.run_with(storage, intake, |first, group| forward(&durable, first, group)).await;
     }
 
-    async fn run_with(
-        self,
-        storage: Arc<dyn LogStorage>,
-        mut requests: mpsc::UnboundedReceiver<Request>,
-        durable: impl Fn(u64, Group),
-    ) {
-        let mut carry: Option<Request> = None;
+    async fn run_with(self, storage: Arc<dyn LogStorage>, intake: Taking, durable: impl Fn(u64, Group)) {
+        let intake = &intake.0;
         loop {
-            let first = match carry.take() {
-                Some(r) => r,
-                None => match requests.recv().await {
-                    Some(r) => r,
-                    None => return,
-                },
-            };
-            let mut group = Group::with_capacity(requests.len().saturating_add(1));
-            let mut next = Some(first);
-            let deadline = tokio::time::Instant::now() + self.options.max_delay;
-            while let Some(r) = next {
-                if let Some(back) = group.add(r, &self.options) {
-                    carry = Some(back);
-                    break;
-                }
-                next = match requests.try_recv() {
-                    Ok(r) => Some(r),
-                    Err(mpsc::error::TryRecvError::Empty) if !self.options.max_delay.is_zero() => {
-                        tokio::time::timeout_at(deadline, requests.recv()).await.ok().flatten()
-                    }
-                    Err(_) => None,
-                };
+            if !intake.wait().await {
+                return;
             }
+            if !self.options.max_delay.is_zero() && !intake.has_full_group() {
+                tokio::time::sleep(self.options.max_delay).await;
+            }
+            let Some(group) = intake.take() else { continue };
             let started = Instant::now();
             let appended = storage.append(&group.entries).await;
             self.finish(group, appended, started, &durable);
@@ -641,38 +539,23 @@ impl Committer {
     fn run_on_thread(
         self,
         appender: &dyn BlockingAppend,
-        mut requests: mpsc::UnboundedReceiver<Request>,
+        intake: &Taking,
         durable: &mpsc::UnboundedSender<(u64, Group)>,
         runtime: &tokio::runtime::Handle,
     ) {
-        let mut carry: Option<Request> = None;
+        let intake = &intake.0;
         let mut last_start: Option<Instant> = None;
-        loop {
-            let first = match carry.take() {
-                Some(r) => r,
-                None => match requests.blocking_recv() {
-                    Some(r) => r,
-                    None => return,
-                },
-            };
+        while intake.wait_blocking() {
             // The later of the pacing under load and `max_delay` (`None` is before any time).
             let paced = last_start
                 .filter(|_| runtime.metrics().global_queue_depth() >= SATURATED_QUEUE)
                 .map(|last| last + COMMIT_INTERVAL);
-            let delayed =
-                (!self.options.max_delay.is_zero()).then(|| Instant::now() + self.options.max_delay);
+            let delayed = (!self.options.max_delay.is_zero() && !intake.has_full_group())
+                .then(|| Instant::now() + self.options.max_delay);
             if let Some(until) = paced.max(delayed) {
                 std::thread::sleep(until.saturating_duration_since(Instant::now()));
             }
-            let mut group = Group::with_capacity(requests.len().saturating_add(1));
-            let mut next = Some(first);
-            while let Some(r) = next {
-                if let Some(back) = group.add(r, &self.options) {
-                    carry = Some(back);
-                    break;
-                }
-                next = requests.try_recv().ok();
-            }
+            let Some(group) = intake.take() else { continue };
             let started = Instant::now();
             last_start = Some(started);
             let appended = appender.append_blocking(&group.entries);
@@ -685,7 +568,7 @@ impl Committer {
 /// the readers with it), acknowledges the group's appends from here.
 fn forward(durable: &mpsc::UnboundedSender<(u64, Group)>, first: u64, group: Group) {
     if let Err(mpsc::error::SendError((first, group))) = durable.send((first, group)) {
-        acknowledge(first, group.replies);
+        group.acknowledge(first);
     }
 }
 
