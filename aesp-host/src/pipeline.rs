@@ -67,6 +67,23 @@ struct Ready {
     held: InFlight,
 }
 
+impl Ready {
+    /// The call's correlation id: `call.correlation_id`, or the invocation id where that is
+    /// empty (once the call has gone to the runtime, an empty one means the two are the same).
+    fn correlation_id(&self) -> &str {
+        if self.call.correlation_id.is_empty() { &self.call.invocation_id } else { &self.call.correlation_id }
+    }
+
+    /// Takes [`correlation_id`](Self::correlation_id) out, for the answer.
+    fn take_correlation_id(&mut self) -> String {
+        if self.call.correlation_id.is_empty() {
+            std::mem::take(&mut self.call.invocation_id)
+        } else {
+            std::mem::take(&mut self.call.correlation_id)
+        }
+    }
+}
+
 /// What the checks established for a call they admit.
 struct Checked {
     contract: Arc<CompiledContract>,
@@ -145,19 +162,29 @@ impl Host {
         let mut ready = self.admit_call(caller, call, admitted).await?;
         self.record_encoded(std::mem::take(&mut ready.start)).await?;
         let started = self.clock().now_ms();
-        // The call goes to the runtime; what COMPLETE repeats of it (its ids) stays.
+        // The call goes to the runtime; what COMPLETE repeats of it (its ids) stays: the
+        // correlation id only if it is not the invocation id (see `Ready::correlation_id`).
         let call = std::mem::take(&mut ready.call);
         ready.call.invocation_id.clone_from(&call.invocation_id);
-        ready.call.correlation_id.clone_from(&call.correlation_id);
+        if call.correlation_id != call.invocation_id {
+            ready.call.correlation_id.clone_from(&call.correlation_id);
+        }
         let mut result = ready.held.permit.runtime().transport().invoke(call, ready.deadline).await;
         check_result(&ready, &mut result);
         // The tool ran: from here on the outcome is remembered, even an audit failure, so that
         // a retry cannot run it twice.
         let event = self.complete_event(caller, &ready, &result, started, 0);
         let result = match self.record_encoded(event).await {
-            Ok(_) => {
-                result.map_err(|e| e.with_correlation_id(std::mem::take(&mut ready.call.correlation_id)))
-            }
+            // The ids are not needed any more: the answer takes the correlation id.
+            Ok(_) => match result {
+                Ok(mut r) => {
+                    if r.correlation_id.is_empty() {
+                        r.correlation_id = ready.take_correlation_id();
+                    }
+                    Ok(r)
+                }
+                Err(e) => Err(e.with_correlation_id(ready.take_correlation_id())),
+            },
             Err(audit) => Err(audit),
         };
         let recorded: Outcome = match &result {
@@ -584,7 +611,7 @@ impl Host {
             metadata.insert("chunks", Text::Number(chunks));
         }
         metadata.insert("contract_version", Text::Str(ready.contract.version_text()));
-        metadata.insert("correlation_id", Text::Str(&ready.call.correlation_id));
+        metadata.insert("correlation_id", Text::Str(ready.correlation_id()));
         if let Err(e) = result {
             metadata.insert("error", Text::Str(e.message()));
         }
@@ -606,8 +633,7 @@ async fn wait_for_first(done: crate::idempotency::Waiter<'_>) -> Result<ToolResu
 }
 
 /// Checks a runtime's answer to the call of `ready`: that it answers this invocation (whatever
-/// the transport), and that a success matches the contract's return type; fills in the
-/// correlation id a runtime left out.
+/// the transport), and that a success matches the contract's return type.
 fn check_result(ready: &Ready, result: &mut Result<ToolResult>) {
     if let Ok(r) = &*result
         && r.invocation_id != ready.call.invocation_id
@@ -619,27 +645,23 @@ fn check_result(ready: &Ready, result: &mut Result<ToolResult>) {
             shorten(&r.invocation_id)
         )));
     }
-    if let Ok(r) = result {
-        if r.correlation_id.is_empty() {
-            r.correlation_id.clone_from(&ready.call.correlation_id);
-        }
-        if r.status() == ToolResultStatus::Success
-            && let Some(returns) = ready.contract.returns()
-        {
-            let checked = match &r.payload {
-                Some(payload) => returns.check(payload),
-                None => returns.check(&Value::default()),
-            };
-            if let Err(violations) = checked {
-                *result = Err(Error::new(
-                    ErrorCode::InternalError,
-                    format!(
-                        "runtime `{}` returned a result that breaks the contract's return type: {violations}",
-                        ready.held.permit.runtime().id()
-                    ),
-                )
-                .with_detail("rule", "return_type"));
-            }
+    if let Ok(r) = result
+        && r.status() == ToolResultStatus::Success
+        && let Some(returns) = ready.contract.returns()
+    {
+        let checked = match &r.payload {
+            Some(payload) => returns.check(payload),
+            None => returns.check(&Value::default()),
+        };
+        if let Err(violations) = checked {
+            *result = Err(Error::new(
+                ErrorCode::InternalError,
+                format!(
+                    "runtime `{}` returned a result that breaks the contract's return type: {violations}",
+                    ready.held.permit.runtime().id()
+                ),
+            )
+            .with_detail("rule", "return_type"));
         }
     }
 }

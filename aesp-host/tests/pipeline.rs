@@ -277,6 +277,49 @@ async fn runtime_timeouts_failures_and_contract_breaches_are_clear_and_audited()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_correlation_id_reaches_the_answer_and_both_events() {
+    let f = Fixture::new().await;
+    let correlation_of = |events: &[aesp_core::proto::v1::AuditEvent], invocation: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e.metadata.get("invocation_id").map(String::as_str) == Some(invocation))
+            .map(|e| format!("{}={}", e.event_type, e.metadata["correlation_id"]))
+            .collect()
+    };
+    // None given: the invocation id is the correlation id, everywhere.
+    let result = f.host.invoke(&f.alice, f.call("c-1", "SELECT 1")).await.expect("c-1");
+    assert_eq!(result.correlation_id, "c-1");
+    let mut call = f.call("c-2", "SELECT 1");
+    call.correlation_id = "trace-9".into();
+    let result = f.host.invoke(&f.alice, call.clone()).await.expect("c-2");
+    assert_eq!(result.correlation_id, "trace-9");
+    // A repeat answers with the first answer, correlation id included.
+    assert_eq!(f.host.invoke(&f.alice, call).await.expect("repeat").correlation_id, "trace-9");
+
+    f.set_mode("crash");
+    let mut call = f.call("c-3", "x");
+    call.correlation_id = "trace-10".into();
+    assert_eq!(f.host.invoke(&f.alice, call).await.expect_err("crash").correlation_id(), "trace-10");
+    assert_eq!(f.host.invoke(&f.alice, f.call("c-4", "x")).await.expect_err("crash").correlation_id(), "c-4");
+    f.set_mode("fail");
+    assert_eq!(f.host.invoke(&f.alice, f.call("c-5", "x")).await.expect("tool error").correlation_id, "c-5");
+
+    let events = f.events().await;
+    for (invocation, correlation) in
+        [("c-1", "c-1"), ("c-2", "trace-9"), ("c-3", "trace-10"), ("c-4", "c-4"), ("c-5", "c-5")]
+    {
+        assert_eq!(
+            correlation_of(&events, invocation),
+            [
+                format!("TOOL_INVOCATION_START={correlation}"),
+                format!("TOOL_INVOCATION_COMPLETE={correlation}")
+            ],
+            "{invocation}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runtimes_cannot_fulfil_what_the_host_does_not_approve() {
     let f = Fixture::new().await;
     let announcement = EnterpriseRuntimeAnnouncement { runtime_id: "rt-2".into(), ..Default::default() };
