@@ -22,7 +22,19 @@
 //! which with the idle time tells waiting on the log apart from computing. For a
 //! figure the machine's other load does not move, `benches/instructions.sh` counts the
 //! instructions per call under valgrind.
+//!
+//! With `--features mimalloc` the benchmark's binary allocates with mimalloc rather than the
+//! system allocator (glibc's), as a service embedding the Host may choose to; the fixed run
+//! prints which.
 #![expect(clippy::expect_used, reason = "a benchmark fails by panicking")]
+
+/// The allocator of a binary that chose mimalloc (`--features mimalloc`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The global allocator this benchmark runs with, for its report.
+const ALLOCATOR_NAME: &str = if cfg!(feature = "mimalloc") { "mimalloc" } else { "system" };
 
 use std::{
     sync::{
@@ -208,7 +220,8 @@ fn fixed_run(rt: &tokio::runtime::Runtime, setup: &Arc<Setup>, callers: usize, l
     );
     let groups = commits_after.groups.saturating_sub(commits_before.groups).max(1) as f64;
     println!(
-        "  audit: {:.0} group commits, {:.0} entries each, {:.2} ms each from write to acknowledgement",
+        "  audit: {:.0} group commits, {:.0} entries each, {:.2} ms each from write to acknowledgement; \
+         {ALLOCATOR_NAME} allocator",
         groups,
         commits_after.entries.saturating_sub(commits_before.entries) as f64 / groups,
         commits_after.commit_time.saturating_sub(commits_before.commit_time).as_secs_f64() * 1e3 / groups,
