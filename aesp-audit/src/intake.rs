@@ -265,7 +265,10 @@ impl Intake {
         }
         let fits = state.groups.back().is_some_and(|g| g.fits(count, bytes, self.limits));
         if !fits {
-            let capacity = state.last_size.max(count).min(self.limits.entries);
+            // Room for half as much again as the last group took, so that the vectors rarely
+            // grow while appends wait on the lock.
+            let capacity =
+                state.last_size.saturating_add(state.last_size / 2).max(count).min(self.limits.entries);
             state.groups.push_back(Group::with_capacity(capacity));
         }
         let Some(group) = state.groups.back_mut() else {
