@@ -13,7 +13,7 @@ use std::{
 use aesp_core::{Error, ErrorCode, Result, proto::v1::AuditEvent};
 use bytes::Bytes;
 use prost::Message as _;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, TryAcquireError, mpsc, oneshot, watch};
 
 use crate::{
     checkpoint::{Checkpoint, ConsistencyProof, SignedCheckpoint, TlogProof},
@@ -293,12 +293,18 @@ impl AuditLog {
     /// Queues `count` checked entries for the committer and resolves with the first one's
     /// index once all are durable.
     async fn submit(&self, entries: Entries, count: u32) -> Result<u64> {
-        // The committer gives the permits back once the entries are written (or failed).
-        self.permits
-            .acquire_many(count)
-            .await
-            .map_err(|_| Error::unavailable("the audit log is closed"))?
-            .forget();
+        // The committer gives the permits back once the entries are written (or failed). Taken
+        // at once when there are enough (as `acquire_many` would), without building its future.
+        match self.permits.try_acquire_many(count) {
+            Ok(permits) => permits.forget(),
+            Err(TryAcquireError::NoPermits) => self
+                .permits
+                .acquire_many(count)
+                .await
+                .map_err(|_| Error::unavailable("the audit log is closed"))?
+                .forget(),
+            Err(TryAcquireError::Closed) => return Err(Error::unavailable("the audit log is closed")),
+        }
         // Entries never queued (the committer has stopped) are not written, so their permits
         // come back here.
         self.appends.0.append(entries, || self.permits.add_permits(count as usize)).await
