@@ -229,6 +229,58 @@ async fn several_writers_one_integrator() {
     assert!(report.is_ok(), "{report:?}");
 }
 
+/// Many tasks append at once, singly and in batches, through groups of at most three entries
+/// and at most five entries pending (so appends wait for room): with the committer as a task
+/// (memory) and on its own thread (segment files), every append gets its own consecutive
+/// indices, batches stay whole, and each index holds what was appended there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_through_small_groups_get_every_index_once() {
+    for storage in
+        [Arc::new(MemoryStorage::default()) as Arc<dyn LogStorage>, segment(&FaultyFileSystem::new()).await]
+    {
+        let mut options = common::options();
+        options.max_batch_entries = 3;
+        options.max_pending_entries = 5;
+        let log = AuditLog::open(Arc::clone(&storage), signer(1, "k"), options).await.unwrap();
+        let tasks: Vec<_> = (0..6u8)
+            .map(|t| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut appended = Vec::new();
+                    for n in 0..150u8 {
+                        let batch: Vec<Bytes> = (0..=n % 3).map(|i| Bytes::from(vec![t, n, i])).collect();
+                        let range = log.append_encoded(batch.clone()).await.unwrap();
+                        appended.push((range, batch));
+                    }
+                    appended
+                })
+            })
+            .collect();
+        let mut appended = Vec::new();
+        for task in tasks {
+            appended.extend(task.await.unwrap());
+        }
+        appended.sort_by_key(|(range, _)| range.start);
+        let mut next = 0;
+        for (range, batch) in &appended {
+            assert_eq!(range.start, next, "indices are given once each, with no gap");
+            assert_eq!(range.end - range.start, batch.len() as u64, "a batch stays whole");
+            next = range.end;
+        }
+        // Storage may answer a read with a prefix of the range: read on until the end.
+        let mut stored = Vec::new();
+        while (stored.len() as u64) < next {
+            stored.extend(storage.read_entries(stored.len() as u64, next).await.unwrap());
+        }
+        let expected: Vec<Bytes> = appended.into_iter().flat_map(|(_, batch)| batch).collect();
+        assert_eq!(stored, expected, "each index holds what was appended there");
+        let stats = log.commit_stats();
+        assert_eq!((stats.entries, stats.failed), (next, 0));
+        assert!(stats.largest_group <= 3, "{stats:?}");
+        assert_eq!(log.checkpoint().await.unwrap().checkpoint().size, next);
+    }
+}
+
 #[tokio::test]
 async fn a_failed_sync_acknowledges_nothing_and_stops_the_writer() {
     let fs = FaultyFileSystem::new();
