@@ -147,14 +147,18 @@ impl Group {
 
     /// Ends the group: each append learns its index, `first` being the group's first.
     pub(crate) fn acknowledge(mut self, first: u64) {
-        let wakers = std::mem::take(&mut self.wakers);
-        self.completion.complete(Ok(first), wakers);
+        self.end(Ok(first));
     }
 
     /// Ends the group: each append gets (a copy of) `error`.
     pub(crate) fn fail(mut self, error: Error) {
+        self.end(Err(error));
+    }
+
+    /// Records the group's outcome (the first one stands) and wakes its appends.
+    fn end(&mut self, outcome: std::result::Result<u64, Error>) {
         let wakers = std::mem::take(&mut self.wakers);
-        self.completion.complete(Err(error), wakers);
+        self.completion.complete(outcome, wakers);
     }
 }
 
@@ -163,8 +167,7 @@ impl Drop for Group {
     /// rather than leave them waiting.
     fn drop(&mut self) {
         if self.completion.outcome.get().is_none() {
-            let wakers = std::mem::take(&mut self.wakers);
-            self.completion.complete(Err(Error::unavailable("the audit log stopped")), wakers);
+            self.end(Err(Error::unavailable("the audit log stopped")));
         }
     }
 }

@@ -195,7 +195,9 @@ impl AuditLog {
         }
         let integrator = Integrator::start(Arc::clone(&storage), signer.clone(), options.clone()).await?;
         let limits = Limits { entries: options.max_batch_entries, bytes: options.max_batch_bytes };
-        let taker = if storage.blocking_appender().is_some() { Taker::Thread } else { Taker::Task };
+        // Storage that can append by blocking gets a committer on a thread of its own.
+        let appender = storage.blocking_appender();
+        let taker = if appender.is_some() { Taker::Thread } else { Taker::Task };
         let intake = Arc::new(Intake::new(limits, taker));
         let (batches_tx, batches_rx) = mpsc::channel(64);
         let (index_tx, index_rx) = mpsc::channel(64);
@@ -211,7 +213,7 @@ impl AuditLog {
             counters: Arc::clone(&counters),
         };
         let publisher = Publisher { batches: batches_tx, index: index_tx, durable: durable_tx };
-        committer.start(Arc::clone(&storage), Arc::clone(&intake), publisher);
+        committer.start(Arc::clone(&storage), appender, Arc::clone(&intake), publisher);
         tokio::spawn(integrator.run(batches_rx, command_rx));
         tokio::spawn(follow(Arc::clone(&storage), Arc::clone(&index), durable.clone(), index_rx));
         Ok(Self {
@@ -295,16 +297,12 @@ impl AuditLog {
     async fn submit(&self, entries: Entries, count: u32) -> Result<u64> {
         // The committer gives the permits back once the entries are written (or failed). Taken
         // at once when there are enough (as `acquire_many` would), without building its future.
-        match self.permits.try_acquire_many(count) {
-            Ok(permits) => permits.forget(),
-            Err(TryAcquireError::NoPermits) => self
-                .permits
-                .acquire_many(count)
-                .await
-                .map_err(|_| Error::unavailable("the audit log is closed"))?
-                .forget(),
-            Err(TryAcquireError::Closed) => return Err(Error::unavailable("the audit log is closed")),
-        }
+        let permits = match self.permits.try_acquire_many(count) {
+            Ok(permits) => Ok(permits),
+            Err(TryAcquireError::NoPermits) => self.permits.acquire_many(count).await.map_err(drop),
+            Err(TryAcquireError::Closed) => Err(()),
+        };
+        permits.map_err(|()| Error::unavailable("the audit log is closed"))?.forget();
         // Entries never queued (the committer has stopped) are not written, so their permits
         // come back here.
         self.appends.0.append(entries, || self.permits.add_permits(count as usize)).await
@@ -454,9 +452,15 @@ impl Drop for Taking {
 impl Committer {
     /// Starts committing the groups of `intake` to `storage`: on a thread of its own when the
     /// storage can append by blocking, otherwise as a task of the current runtime.
-    fn start(self, storage: Arc<dyn LogStorage>, intake: Arc<Intake>, publisher: Publisher) {
+    fn start(
+        self,
+        storage: Arc<dyn LogStorage>,
+        appender: Option<Arc<dyn BlockingAppend>>,
+        intake: Arc<Intake>,
+        publisher: Publisher,
+    ) {
         let intake = Taking(intake);
-        let Some(appender) = storage.blocking_appender() else {
+        let Some(appender) = appender else {
             tokio::spawn(self.run(storage, intake, publisher));
             return;
         };
