@@ -10,11 +10,17 @@
 //! forgetting them would let a repeat run the tool twice at once. Refusing every new call
 //! whenever more than `capacity / window` calls a second arrive would turn a memory bound
 //! into an outage, and a burst of one tenant into one of every tenant.
+//!
+//! Laid out for a table that is full and turning over (a busy Host forgets a call for every
+//! new one): each shard keeps its records in a vector whose freed places are reused at once,
+//! and finds them through a hash index of their places only (a few bytes each, so the index of
+//! a large table stays in cache where records would not). The first call and its repeats hold
+//! the place of their record, so finishing a call looks nothing up.
 
 use std::{
     cell::RefCell,
-    collections::{HashMap, VecDeque, hash_map::Entry},
-    hash::{BuildHasher, BuildHasherDefault, Hash, Hasher},
+    collections::VecDeque,
+    hash::BuildHasher,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -23,62 +29,36 @@ use aesp_core::{
     Clock, Error, ErrorCode, Result,
     proto::v1::{EnterpriseError, ToolCall},
 };
+use hashbrown::HashTable;
 use prost::bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Notify;
 
 const SHARDS: usize = 16;
 
-/// Who asked for what: the key of an idempotency entry, `tenant`, `principal` and
-/// `invocation_id` joined by NUL bytes (unambiguous: neither a tenant id nor an invocation id
-/// can hold one), in one allocation shared by the table and its eviction queue, with its hash.
-///
-/// The hash is computed once per call, with the table's randomly keyed SipHash (so callers
-/// cannot aim their ids at one bucket), and picks both the shard and the bucket.
-#[derive(Clone)]
-struct Key {
-    hash: u64,
-    text: Arc<str>,
-}
-
-impl PartialEq for Key {
-    fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
-    }
-}
-
-impl Eq for Key {}
-
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
-    }
-}
-
-/// The hasher of the table's maps: a key's hash is computed already, and passes through.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used (by `Key`); anything else still hashes, by FNV-1a.
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 thread_local! {
     /// The buffer a key's text is put together in, reused.
     static KEY_BUFFER: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Runs `f` on the key of (`tenant`, `principal`, `invocation_id`): the three joined by NUL
+/// bytes (unambiguous: neither a tenant id nor an invocation id can hold one), put together in
+/// a reused buffer.
+fn with_key<R>(tenant: &str, principal: &str, invocation_id: &str, f: impl FnOnce(&str) -> R) -> R {
+    KEY_BUFFER.with_borrow_mut(|text| {
+        text.clear();
+        text.push_str(tenant);
+        text.push('\0');
+        text.push_str(principal);
+        text.push('\0');
+        text.push_str(invocation_id);
+        let result = f(text);
+        if text.capacity() > 4096 {
+            // Do not keep a huge id's buffer around.
+            *text = String::new();
+        }
+        result
+    })
 }
 
 /// The recorded outcome of a call: its result's encoding (one allocation, where a copy of the
@@ -130,26 +110,43 @@ pub(crate) fn call_digest(call: &ToolCall) -> [u8; 32] {
 #[cfg(not(test))]
 type KeyHasher = std::hash::RandomState;
 #[cfg(test)]
-type KeyHasher = BuildHasherDefault<std::hash::DefaultHasher>;
+type KeyHasher = std::hash::BuildHasherDefault<std::hash::DefaultHasher>;
 
+/// Where a call stands.
 enum Slot {
-    /// The first call is running; `attempt` tells it from a later one under the same key, and
-    /// `waiters` says whether a repeat waits for it.
-    Running {
-        digest: [u8; 32],
-        attempt: u64,
-        waiters: bool,
-    },
-    Done {
-        digest: [u8; 32],
-        outcome: Outcome,
-    },
+    /// The first call is running; `waiters` says whether a repeat waits for it.
+    Running { waiters: bool },
+    /// The call finished with this outcome.
+    Done(Outcome),
 }
 
+/// What the table remembers of one key.
+struct Record {
+    /// The key's keyed hash, which picked its shard and finds it in the index.
+    hash: u64,
+    /// The key's text, to tell it from another key of the same hash.
+    text: Box<str>,
+    /// The digest of what the call asked for ([`call_digest`]).
+    digest: [u8; 32],
+    /// Tells this attempt from any other under the same key or in the same place, so that a
+    /// stale reference (a queued expiry, a repeat waiting) never acts on a later one.
+    attempt: u64,
+    /// When its window ends (Unix ms); for a running call, when it would end had it finished
+    /// when it began (running calls never expire).
+    expires: u64,
+    slot: Slot,
+}
+
+/// One shard of the table.
 struct Shard {
-    slots: HashMap<Key, (Slot, u64), BuildHasherDefault<PassThrough>>,
-    /// Finished keys in the order their windows end, with that end, for eviction.
-    order: VecDeque<(u64, Key)>,
+    /// The places of the records in `records`, found by their key's hash.
+    index: HashTable<u32>,
+    /// The records; `None` where a record was removed, a place `free` lists for reuse.
+    records: Vec<Option<Record>>,
+    /// The places free in `records`, the last freed first (its memory is the one in cache).
+    free: Vec<u32>,
+    /// Finished calls in the order their windows end: (that end, the place, the attempt).
+    order: VecDeque<(u64, u32, u64)>,
     /// Counts the attempts begun in this shard.
     attempts: u64,
     /// Counts the finished calls forgotten before their window ended, to make room.
@@ -157,13 +154,90 @@ struct Shard {
 }
 
 impl Shard {
+    fn record(&self, place: u32) -> Option<&Record> {
+        self.records.get(place as usize)?.as_ref()
+    }
+
+    fn record_mut(&mut self, place: u32) -> Option<&mut Record> {
+        self.records.get_mut(place as usize)?.as_mut()
+    }
+
+    /// The place of the record of the key `text` of hash `hash`, if there is one.
+    fn find(&self, hash: u64, text: &str) -> Option<u32> {
+        let records = &self.records;
+        self.index
+            .find(hash, |&place| {
+                records
+                    .get(place as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|r| r.hash == hash && *r.text == *text)
+            })
+            .copied()
+    }
+
+    /// Puts `record` in a free place (or a new one) and indexes it; its place.
+    fn insert(&mut self, record: Record) -> u32 {
+        let hash = record.hash;
+        let place = match self.free.pop() {
+            Some(place) => {
+                if let Some(free) = self.records.get_mut(place as usize) {
+                    *free = Some(record);
+                }
+                place
+            }
+            None => {
+                // The capacity of a shard is below `u32::MAX` ([`Idempotency::new`]).
+                let place = u32::try_from(self.records.len()).unwrap_or(u32::MAX);
+                self.records.push(Some(record));
+                place
+            }
+        };
+        let records = &self.records;
+        self.index.insert_unique(hash, place, |&p| {
+            records.get(p as usize).and_then(Option::as_ref).map_or(0, |r| r.hash)
+        });
+        place
+    }
+
+    /// Removes the record at `place` if `condition` holds for it; whether it did.
+    fn remove_if(&mut self, place: u32, condition: impl FnOnce(&Record) -> bool) -> bool {
+        let Some(hash) = self.record(place).filter(|record| condition(record)).map(|r| r.hash) else {
+            return false;
+        };
+        if let Ok(entry) = self.index.find_entry(hash, |&p| p == place) {
+            entry.remove();
+        }
+        // The record (its key and outcome) is dropped after the index no longer names it.
+        if let Some(record) = self.records.get_mut(place as usize) {
+            *record = None;
+        }
+        self.free.push(place);
+        true
+    }
+
+    /// Whether the record at `place` is attempt `attempt`, finished.
+    fn is_done(record: &Record, attempt: u64) -> bool {
+        record.attempt == attempt && matches!(record.slot, Slot::Done(_))
+    }
+
+    /// Forgets the finished calls whose window ended by `now`, oldest first.
+    fn expire(&mut self, now: u64) {
+        while let Some(&(expires, place, attempt)) = self.order.front() {
+            if expires > now {
+                break;
+            }
+            self.order.pop_front();
+            // Queued entries whose call was since replaced (expired, then begun again; or its
+            // place reused) are skipped: the later call queues its own when it finishes.
+            self.remove_if(place, |r| Self::is_done(r, attempt) && r.expires <= now);
+        }
+    }
+
     /// Forgets the finished call whose window ends first, to make room for a new one; `false`
     /// if no call has finished (every entry is a call still running).
     fn evict_oldest(&mut self) -> bool {
-        while let Some((expires, old)) = self.order.pop_front() {
-            // Queued entries whose call was since replaced (expired, then begun again) are
-            // skipped: the later call queues its own when it finishes.
-            if self.remove_if(old, |slot, expiry| expiry == expires && matches!(slot, Slot::Done { .. })) {
+        while let Some((_, place, attempt)) = self.order.pop_front() {
+            if self.remove_if(place, |r| Self::is_done(r, attempt)) {
                 self.evicted = self.evicted.wrapping_add(1);
                 return true;
             }
@@ -171,16 +245,11 @@ impl Shard {
         false
     }
 
-    /// Removes `key`'s entry if `condition` holds for its slot and expiry (one lookup);
-    /// whether it did.
-    fn remove_if(&mut self, key: Key, condition: impl FnOnce(&Slot, u64) -> bool) -> bool {
-        match self.slots.entry(key) {
-            Entry::Occupied(entry) if condition(&entry.get().0, entry.get().1) => {
-                entry.remove();
-                true
-            }
-            _ => false,
-        }
+    /// A new attempt's number.
+    fn next_attempt(&mut self) -> u64 {
+        let attempt = self.attempts;
+        self.attempts = attempt.wrapping_add(1);
+        attempt
     }
 }
 
@@ -230,56 +299,59 @@ pub(crate) enum Claim<'t> {
     Done(Outcome),
 }
 
+/// An attempt's record: its shard, its place there and its number.
+#[derive(Clone, Copy)]
+struct Held {
+    shard: usize,
+    place: u32,
+    attempt: u64,
+}
+
 /// A repeat waiting for the first attempt of its call.
 pub(crate) struct Waiter<'t> {
     table: &'t Idempotency,
-    key: Key,
-    attempt: u64,
+    first: Held,
 }
 
 /// The obligation of the first call to record its outcome; dropping it unfinished (the call
 /// was cancelled) forgets the entry so a retry runs afresh.
 pub(crate) struct Completer<'t> {
     table: &'t Idempotency,
-    key: Option<Key>,
-    digest: [u8; 32],
+    held: Option<Held>,
 }
 
 impl Completer<'_> {
     /// Records the outcome and wakes the waiting repeats.
     pub(crate) fn finish(mut self, outcome: Outcome) {
-        if let Some(key) = self.key.take() {
-            let expires = self.table.clock.now_ms().saturating_add(self.table.window_ms);
-            let guarded = self.table.shard(&key);
-            let mut shard = lock(&guarded.shard);
-            let done = Slot::Done { digest: self.digest, outcome };
-            let waited = match shard.slots.get_mut(&key) {
-                Some(entry) => {
-                    let waited = matches!(entry.0, Slot::Running { waiters: true, .. });
-                    *entry = (done, expires);
-                    waited
-                }
-                None => {
-                    shard.slots.insert(key.clone(), (done, expires));
-                    false
-                }
-            };
-            // The window of a finished call starts when it finishes.
-            shard.order.push_back((expires, key));
-            drop(shard);
-            if waited {
-                guarded.ended.notify_waiters();
-            }
+        let Some(held) = self.held.take() else { return };
+        let expires = self.table.clock.now_ms().saturating_add(self.table.window_ms);
+        let guarded = self.table.guarded(held.shard);
+        let mut shard = lock(&guarded.shard);
+        // A running call's record is never expired nor evicted: it is there.
+        let Some(record) = shard.record_mut(held.place).filter(|r| r.attempt == held.attempt) else { return };
+        let waited = matches!(record.slot, Slot::Running { waiters: true });
+        record.slot = Slot::Done(outcome);
+        // The window of a finished call starts when it finishes.
+        record.expires = expires;
+        shard.order.push_back((expires, held.place, held.attempt));
+        drop(shard);
+        if waited {
+            guarded.ended.notify_waiters();
         }
     }
 }
 
 impl Drop for Completer<'_> {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            let guarded = self.table.shard(&key);
-            let removed = lock(&guarded.shard).slots.remove(&key);
-            if matches!(removed, Some((Slot::Running { waiters: true, .. }, _))) {
+        if let Some(held) = self.held.take() {
+            let guarded = self.table.guarded(held.shard);
+            let mut waited = false;
+            lock(&guarded.shard).remove_if(held.place, |r| {
+                let ours = r.attempt == held.attempt;
+                waited = ours && matches!(r.slot, Slot::Running { waiters: true });
+                ours
+            });
+            if waited {
                 guarded.ended.notify_waiters();
             }
         }
@@ -292,14 +364,18 @@ fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
 
 impl Idempotency {
     pub(crate) fn new(clock: Arc<dyn Clock>, window: Duration, capacity: usize) -> Arc<Self> {
+        // Places are `u32`s.
+        let capacity_per_shard = capacity.div_ceil(SHARDS).clamp(1, u32::MAX as usize);
         Arc::new(Self {
             clock,
             hasher: KeyHasher::default(),
             window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
-            capacity_per_shard: capacity.div_ceil(SHARDS).max(1),
+            capacity_per_shard,
             shards: std::array::from_fn(|_| Guarded {
                 shard: Mutex::new(Shard {
-                    slots: HashMap::default(),
+                    index: HashTable::new(),
+                    records: Vec::new(),
+                    free: Vec::new(),
                     order: VecDeque::new(),
                     attempts: 0,
                     evicted: 0,
@@ -309,29 +385,15 @@ impl Idempotency {
         })
     }
 
-    /// The key of (`tenant`, `principal`, `invocation_id`).
-    fn key(&self, tenant: &str, principal: &str, invocation_id: &str) -> Key {
-        KEY_BUFFER.with_borrow_mut(|text| {
-            text.clear();
-            text.push_str(tenant);
-            text.push('\0');
-            text.push_str(principal);
-            text.push('\0');
-            text.push_str(invocation_id);
-            let key = Key { hash: self.hasher.hash_one(text.as_str()), text: Arc::from(text.as_str()) };
-            if text.capacity() > 4096 {
-                // Do not keep a huge id's buffer around.
-                *text = String::new();
-            }
-            key
-        })
+    /// The shard of a key's hash.
+    fn shard_of(hash: u64) -> usize {
+        // Bits the index does not use: it takes the low ones for the bucket and the top seven.
+        (hash >> 40) as usize % SHARDS
     }
 
-    fn shard(&self, key: &Key) -> &Guarded {
-        // Bits the maps do not use: they take the low ones for the bucket and the top seven.
-        let at = (key.hash >> 40) as usize % SHARDS;
-        #[expect(clippy::indexing_slicing, reason = "the index is taken modulo the number of shards")]
-        &self.shards[at]
+    fn guarded(&self, shard: usize) -> &Guarded {
+        #[expect(clippy::indexing_slicing, reason = "shard numbers are taken modulo the number of shards")]
+        &self.shards[shard % SHARDS]
     }
 
     /// Claims `invocation_id` for (`tenant`, `principal`) with the call's `digest`.
@@ -342,60 +404,74 @@ impl Idempotency {
         invocation_id: &str,
         digest: [u8; 32],
     ) -> Result<Claim<'_>> {
-        let key = self.key(tenant, principal, invocation_id);
-        let now = self.clock.now_ms();
-        let mut shard = lock(&self.shard(&key).shard);
-        // Forget what has expired (oldest first).
-        while shard.order.front().is_some_and(|(expires, _)| *expires <= now) {
-            if let Some((_, old)) = shard.order.pop_front() {
-                shard.remove_if(old, |slot, expiry| expiry <= now && matches!(slot, Slot::Done { .. }));
-            }
-        }
-        // A new key needs a place (a key already there reuses its own): when the table is
-        // full, the finished call whose window ends first gives up its place.
-        let full = shard.slots.len() >= self.capacity_per_shard
-            && !shard.slots.contains_key(&key)
-            && !shard.evict_oldest();
-        let attempt = shard.attempts;
-        match shard.slots.entry(key) {
-            // A running call holds its id however long it runs (its window starts when it
-            // finishes): a repeat waits for it, never runs the tool a second time.
-            Entry::Occupied(mut entry)
-                if matches!(entry.get().0, Slot::Running { .. }) || entry.get().1 > now =>
-            {
-                let key = entry.key().clone();
-                let (slot, _) = entry.get_mut();
-                let (Slot::Running { digest: d, .. } | Slot::Done { digest: d, .. }) = slot;
-                if *d != digest {
+        with_key(tenant, principal, invocation_id, |text| {
+            let hash = self.hasher.hash_one(text);
+            let at = Self::shard_of(hash);
+            let now = self.clock.now_ms();
+            let mut shard = lock(&self.guarded(at).shard);
+            shard.expire(now);
+            let held = |place, attempt| Held { shard: at, place, attempt };
+            if let Some(place) = shard.find(hash, text) {
+                let attempt = shard.attempts;
+                let Some(record) = shard.record_mut(place) else {
                     return Err(Error::new(
-                        ErrorCode::Conflict,
-                        format!("invocation id `{invocation_id}` was used for a different call"),
-                    )
-                    .with_remediation("use a new invocation id for a new call"));
-                }
-                Ok(match slot {
-                    Slot::Running { attempt, waiters, .. } => {
-                        *waiters = true;
-                        Claim::Running(Waiter { table: self, key, attempt: *attempt })
+                        ErrorCode::InternalError,
+                        "the idempotency index is inconsistent",
+                    ));
+                };
+                // A running call holds its id however long it runs (its window starts when it
+                // finishes): a repeat waits for it, never runs the tool a second time.
+                if matches!(record.slot, Slot::Running { .. }) || record.expires > now {
+                    if record.digest != digest {
+                        return Err(Error::new(
+                            ErrorCode::Conflict,
+                            format!("invocation id `{invocation_id}` was used for a different call"),
+                        )
+                        .with_remediation("use a new invocation id for a new call"));
                     }
-                    Slot::Done { outcome, .. } => Claim::Done(outcome.clone()),
-                })
-            }
-            _ if full => Err(Error::new(
-                ErrorCode::QuotaExceeded,
-                "the idempotency table is full of calls still running",
-            )
-            .with_retry_after(Duration::from_millis(self.window_ms.min(1000)))),
-            entry => {
-                // A running call is kept for the whole window even if it runs long: it is only
-                // queued for eviction once it finishes.
-                let expires = now.saturating_add(self.window_ms);
-                let key = entry.key().clone();
-                entry.insert_entry((Slot::Running { digest, attempt, waiters: false }, expires));
+                    return Ok(match &mut record.slot {
+                        Slot::Running { waiters } => {
+                            *waiters = true;
+                            Claim::Running(Waiter { table: self, first: held(place, record.attempt) })
+                        }
+                        Slot::Done(outcome) => Claim::Done(outcome.clone()),
+                    });
+                }
+                // Finished and its window over, but not forgotten yet: begun again in its own
+                // place (its queued expiry no longer matches the attempt).
+                *record = Record {
+                    hash,
+                    text: std::mem::take(&mut record.text),
+                    digest,
+                    attempt,
+                    expires: now.saturating_add(self.window_ms),
+                    slot: Slot::Running { waiters: false },
+                };
                 shard.attempts = attempt.wrapping_add(1);
-                Ok(Claim::First(Completer { table: self, key: Some(key), digest }))
+                return Ok(Claim::First(Completer { table: self, held: Some(held(place, attempt)) }));
             }
-        }
+            // A new key needs a place: when the table is full, the finished call whose window
+            // ends first gives up its place.
+            if shard.index.len() >= self.capacity_per_shard && !shard.evict_oldest() {
+                return Err(Error::new(
+                    ErrorCode::QuotaExceeded,
+                    "the idempotency table is full of calls still running",
+                )
+                .with_retry_after(Duration::from_millis(self.window_ms.min(1000))));
+            }
+            let attempt = shard.next_attempt();
+            // A running call is kept for the whole window even if it runs long: it is only
+            // queued for expiry once it finishes.
+            let place = shard.insert(Record {
+                hash,
+                text: Box::from(text),
+                digest,
+                attempt,
+                expires: now.saturating_add(self.window_ms),
+                slot: Slot::Running { waiters: false },
+            });
+            Ok(Claim::First(Completer { table: self, held: Some(held(place, attempt)) }))
+        })
     }
 
     /// What the table holds now and has forgotten early.
@@ -403,7 +479,7 @@ impl Idempotency {
         self.shards.iter().fold(IdempotencyStats::default(), |stats, guarded| {
             let shard = lock(&guarded.shard);
             IdempotencyStats {
-                entries: stats.entries + shard.slots.len(),
+                entries: stats.entries + shard.index.len(),
                 evicted: stats.evicted.wrapping_add(shard.evicted),
             }
         })
@@ -411,16 +487,21 @@ impl Idempotency {
 
     /// Waits for a running call's outcome; `None` if it was cancelled.
     pub(crate) async fn wait(waiter: Waiter<'_>) -> Option<Outcome> {
-        let guarded = waiter.table.shard(&waiter.key);
+        let first = waiter.first;
+        let guarded = waiter.table.guarded(first.shard);
         loop {
-            // Registered before the slot is looked at, so that an end in between is not missed.
+            // Registered before the record is looked at, so that an end in between is not
+            // missed.
             let ended = guarded.ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
-            match lock(&guarded.shard).slots.get(&waiter.key) {
-                Some((Slot::Running { attempt, .. }, _)) if *attempt == waiter.attempt => {}
-                Some((Slot::Done { outcome, .. }, _)) => return Some(outcome.clone()),
-                // Removed (cancelled), or a later attempt: the first one was cancelled.
+            match lock(&guarded.shard).record(first.place) {
+                Some(r) if r.attempt == first.attempt => match &r.slot {
+                    Slot::Running { .. } => {}
+                    Slot::Done(outcome) => return Some(outcome.clone()),
+                },
+                // Removed (cancelled), or the place holds a later attempt: the first one was
+                // cancelled.
                 _ => return None,
             }
             ended.await;
@@ -431,6 +512,8 @@ impl Idempotency {
 #[cfg(test)]
 mod tests {
     use aesp_core::{ManualClock, proto::v1::ToolResult};
+
+    use std::collections::HashMap;
 
     use super::*;
 
@@ -539,30 +622,72 @@ mod tests {
         assert_eq!(refused.map(|e| e.code()), Some(ErrorCode::QuotaExceeded));
     }
 
+    /// The shard of alice's `id` in acme.
+    fn shard_of(table: &Idempotency, id: &str) -> usize {
+        with_key("acme", "alice", id, |text| Idempotency::shard_of(table.hasher.hash_one(text)))
+    }
+
     #[test]
     fn keys_spread_over_every_shard_and_equal_keys_meet() {
         let table = Idempotency::new(Arc::new(ManualClock::new(0)), Duration::from_secs(1), 1000);
         let mut per_shard = [0usize; SHARDS];
         for i in 0..1600 {
-            let key = table.key("acme", "alice", &format!("id-{i}"));
-            let at = table.shards.iter().position(|g| std::ptr::eq(g, table.shard(&key))).unwrap();
-            per_shard[at] += 1;
+            per_shard[shard_of(&table, &format!("id-{i}"))] += 1;
         }
         assert!(per_shard.iter().all(|&n| n > 40), "{per_shard:?}");
-        // The same parts give an equal key (apart allocations); other parts do not.
-        let (a, b) = (table.key("acme", "alice", "x"), table.key("acme", "alice", "x"));
-        assert!(a == b && !Arc::ptr_eq(&a.text, &b.text));
-        assert!(a != table.key("acme", "alicex", "") && a != table.key("acme", "bob", "x"));
+        // The same parts meet; parts that would join to the same text without separators,
+        // and other principals, do not.
+        let _first = first(table.begin("acme", "alice", "x", [1; 32]));
+        assert!(matches!(table.begin("acme", "alice", "x", [1; 32]), Ok(Claim::Running(_))));
+        for (tenant, principal, id) in [("acme", "alicex", ""), ("acme", "bob", "x"), ("acmealice", "", "x")]
+        {
+            assert!(matches!(table.begin(tenant, principal, id, [2; 32]), Ok(Claim::First(_))));
+        }
     }
 
     /// Ids that land in the same shard as `first`, in the order they are found.
     fn same_shard(table: &Idempotency, first: &str, n: usize) -> Vec<String> {
-        let key = |id: &str| table.key("acme", "alice", id);
         (0..100_000)
             .map(|i| format!("id-{i}"))
-            .filter(|id| std::ptr::eq(table.shard(&key(id)), table.shard(&key(first))))
+            .filter(|id| shard_of(table, id) == shard_of(table, first))
             .take(n)
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_repeat_never_gets_the_outcome_of_another_key_that_took_its_place() {
+        // One place per shard: a cancelled call's place goes to the next new key there.
+        let table = Idempotency::new(Arc::new(ManualClock::new(0)), Duration::from_secs(300), SHARDS);
+        let other = &same_shard(&table, "a", 1)[0];
+        let a = first(table.begin("acme", "alice", "a", [1; 32]));
+        let Ok(Claim::Running(waiting)) = table.begin("acme", "alice", "a", [1; 32]) else {
+            panic!("running")
+        };
+        drop(a);
+        first(table.begin("acme", "alice", other, [2; 32])).finish(result(other));
+        // The place of `a` now holds `other`, finished: the repeat of `a` learns that its
+        // first call was cancelled, not `other`'s outcome.
+        assert!(Idempotency::wait(waiting).await.is_none());
+        assert!(matches!(table.begin("acme", "alice", other, [2; 32]), Ok(Claim::Done(_))));
+        assert_eq!(table.stats(), IdempotencyStats { entries: 1, evicted: 0 });
+    }
+
+    #[test]
+    fn a_key_in_a_reused_place_keeps_its_own_window() {
+        let clock = ManualClock::new(0);
+        let table = Idempotency::new(Arc::new(clock.clone()), Duration::from_secs(1), SHARDS);
+        let other = &same_shard(&table, "a", 1)[0];
+        // `a` finishes at 0 (window to 1 s); it is forgotten to make room for `other` at
+        // 500 ms, which takes its place and finishes there (window to 1.5 s).
+        first(table.begin("acme", "alice", "a", [1; 32])).finish(result("a"));
+        clock.set(500);
+        first(table.begin("acme", "alice", other, [2; 32])).finish(result(other));
+        assert_eq!(table.stats(), IdempotencyStats { entries: 1, evicted: 1 });
+        // At 1.2 s the window `a` had is over, not that of `other`, which is still replayed.
+        clock.set(1200);
+        assert!(matches!(table.begin("acme", "alice", other, [2; 32]), Ok(Claim::Done(_))));
+        clock.set(1600);
+        assert!(matches!(table.begin("acme", "alice", other, [2; 32]), Ok(Claim::First(_))));
     }
 
     fn first(claim: Result<Claim<'_>>) -> Completer<'_> {
@@ -680,7 +805,7 @@ mod tests {
             let window_ms = 1000;
             let table = Idempotency::new(Arc::new(clock.clone()), Duration::from_millis(window_ms), SHARDS);
             let name = |id: u8| format!("id-{id}");
-            let shard_of = |id: u8| table.shard(&table.key("acme", "alice", &name(id))) as *const Guarded;
+            let shard_of = |id: u8| shard_of(&table, &name(id));
             // Running calls: (id, digest, completer); finished: id → (digest, when).
             let mut running: Vec<(u8, u8, Completer<'_>)> = Vec::new();
             let mut finished: HashMap<u8, (u8, u64)> = HashMap::new();
