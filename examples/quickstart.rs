@@ -1,6 +1,8 @@
 //! # The AESP quickstart
 //!
-//! `cargo run --example quickstart`, from the repository root.
+//! `cargo run --example quickstart`, from the repository root. The Host's data goes to a
+//! temporary directory removed at the end; `cargo run --example quickstart -- DIR` keeps it in
+//! `DIR` instead, a new directory, to look at afterwards.
 //!
 //! A durable Host in a local data directory; the bootstrap of its first administrator; tenants
 //! and service accounts with roles, each authenticating with its API key and calling with the
@@ -11,7 +13,10 @@
 //! audit log verified and its signed checkpoint printed. The program exits non-zero if any
 //! step does not behave as it says.
 
-use std::process::ExitCode;
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use aesp_audit::{VerifyOptions, verify_log};
 use aesp_core::{
@@ -45,7 +50,19 @@ fn primitive(p: PrimitiveType) -> AltarType {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
+    // `cargo run --example quickstart -- DIR` keeps the Host's data in DIR, a new directory, to
+    // look at afterwards; without it the data goes to a temporary directory removed at the end.
+    let (data_dir, keep) = match std::env::args_os().nth(1) {
+        Some(dir) => (PathBuf::from(dir), true),
+        None => (std::env::temp_dir().join(format!("aesp-quickstart-{}", std::process::id())), false),
+    };
+    let outcome = run(&data_dir, keep).await;
+    if keep {
+        println!("\nthe Host's data is kept in {}", data_dir.display());
+    } else if let Err(error) = std::fs::remove_dir_all(&data_dir) {
+        eprintln!("could not remove the temporary data directory {}: {error}", data_dir.display());
+    }
+    match outcome {
         Ok(()) => {
             println!("\nquickstart: every step behaved as described");
             ExitCode::SUCCESS
@@ -57,10 +74,16 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> aesp_core::Result<()> {
-    // 1. A durable Host: state, audit log and signing keys live in this directory.
-    let data_dir = std::env::temp_dir().join(format!("aesp-quickstart-{}", std::process::id()));
-    let host = Host::builder().data_dir(&data_dir).build().await?;
+async fn run(data_dir: &Path, keep: bool) -> aesp_core::Result<()> {
+    // 1. A durable Host: state, audit log and signing keys live in this directory. The
+    //    quickstart bootstraps a new Host, so a directory to keep must be new (or empty).
+    if keep && std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        return Err(Error::invalid_argument(format!(
+            "{} is not empty: give the quickstart a new directory",
+            data_dir.display()
+        )));
+    }
+    let host = Host::builder().data_dir(data_dir).build().await?;
     let services = host.services();
     println!("1. Host started; data directory {}", data_dir.display());
 
