@@ -8,9 +8,8 @@
 
 use std::{
     collections::VecDeque,
-    future::poll_fn,
     sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError},
-    task::{Poll, Waker},
+    task::{Context, Poll, Waker},
 };
 
 use aesp_core::{Error, Result};
@@ -50,6 +49,16 @@ impl Entries {
             Entries::Many(entries, _) => entries.iter().map(Bytes::len).sum(),
         }
     }
+}
+
+/// Where an append stands in the intake ([`Intake::poll_append`]).
+pub(crate) enum Ticket {
+    /// Its entries, not queued yet.
+    Unqueued(Entries),
+    /// Queued: its group's completion and its offset in the group.
+    Queued(Arc<Completion>, u64),
+    /// Resolved or refused.
+    Spent,
 }
 
 /// How one group commit ended, shared by the appends in it: the index of its first entry, or
@@ -230,31 +239,37 @@ impl Intake {
         }
     }
 
-    /// Appends `entries` (within the limits of one group) and resolves, once their group is
-    /// durable, with the index of the first; `UNAVAILABLE` once the log is closed or its
-    /// committer stopped, after calling `refused` if the entries were never queued.
-    pub(crate) async fn append(&self, entries: Entries, refused: impl FnOnce()) -> Result<u64> {
-        let mut refused = Some(refused);
-        let mut entries = Some(entries);
-        let mut joined: Option<(Arc<Completion>, u64)> = None;
-        poll_fn(|cx| match &joined {
-            Some((completion, offset)) => completion.poll(*offset, cx.waker()),
-            None => match entries.take().map(|e| self.join(e, cx.waker())) {
-                Some(Ok(ticket)) => {
-                    joined = Some(ticket);
+    /// Polls an append of `ticket`'s entries (within the limits of one group): the first poll
+    /// queues them in the group being filled, with `cx`'s waker; later polls resolve, once their
+    /// group is durable, with the index of the first. `UNAVAILABLE` once the log is closed or
+    /// its committer stopped, after calling `refused` if the entries were never queued.
+    pub(crate) fn poll_append(
+        &self,
+        ticket: &mut Ticket,
+        cx: &mut Context<'_>,
+        refused: impl FnOnce(),
+    ) -> Poll<Result<u64>> {
+        match std::mem::replace(ticket, Ticket::Spent) {
+            Ticket::Queued(completion, offset) => {
+                let poll = completion.poll(offset, cx.waker());
+                if poll.is_pending() {
+                    *ticket = Ticket::Queued(completion, offset);
+                }
+                poll
+            }
+            Ticket::Unqueued(entries) => match self.join(entries, cx.waker()) {
+                Ok((completion, offset)) => {
+                    *ticket = Ticket::Queued(completion, offset);
                     // The waker just joined with the entries: nothing to check until it wakes.
                     Poll::Pending
                 }
-                Some(Err(e)) => {
-                    if let Some(refused) = refused.take() {
-                        refused();
-                    }
+                Err(e) => {
+                    refused();
                     Poll::Ready(Err(e))
                 }
-                None => Poll::Ready(Err(Error::internal("an append was polled after it failed"))),
             },
-        })
-        .await
+            Ticket::Spent => Poll::Ready(Err(Error::internal("an append was polled after it resolved"))),
+        }
     }
 
     /// Adds `entries` to the group being filled (or a new one); the group's completion and the
@@ -384,6 +399,20 @@ mod tests {
 
     use aesp_core::ErrorCode;
 
+    /// Appends `entries` through `intake` and waits for the outcome.
+    async fn append(intake: &Intake, entries: Entries, refused: impl FnOnce()) -> Result<u64> {
+        let mut ticket = Ticket::Unqueued(entries);
+        let mut refused = Some(refused);
+        std::future::poll_fn(|cx| {
+            intake.poll_append(&mut ticket, cx, || {
+                if let Some(refused) = refused.take() {
+                    refused();
+                }
+            })
+        })
+        .await
+    }
+
     use super::*;
 
     /// A waker that counts its wakeups.
@@ -504,7 +533,7 @@ mod tests {
         let intake = Arc::new(intake(10, 1000));
         let queued = tokio::spawn({
             let intake = Arc::clone(&intake);
-            async move { intake.append(entry(1), || {}).await }
+            async move { append(&intake, entry(1), || {}).await }
         });
         while !intake.has_queued() {
             tokio::task::yield_now().await;
@@ -514,7 +543,7 @@ mod tests {
         assert_eq!(error, Some(Err(ErrorCode::ServiceUnavailable)));
 
         let refused = AtomicUsize::new(0);
-        let error = intake.append(entry(2), || _ = refused.fetch_add(1, Ordering::SeqCst)).await;
+        let error = append(&intake, entry(2), || _ = refused.fetch_add(1, Ordering::SeqCst)).await;
         assert_eq!(error.map_err(|e| e.code()), Err(ErrorCode::ServiceUnavailable));
         assert_eq!(refused.load(Ordering::SeqCst), 1, "an append never queued gives its permits back");
         assert!(!intake.wait().await, "a stopped intake has nothing to take");
@@ -530,7 +559,7 @@ mod tests {
         tokio::task::yield_now().await;
         let append = tokio::spawn({
             let intake = Arc::clone(&intake);
-            async move { intake.append(entry(1), || {}).await }
+            async move { append(&intake, entry(1), || {}).await }
         });
         assert!(waiting.await.unwrap(), "an append wakes the waiting committer");
         intake.close();

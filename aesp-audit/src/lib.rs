@@ -39,7 +39,7 @@ pub use checkpoint::{Checkpoint, ConsistencyProof, SignedCheckpoint, TlogProof};
 pub use compliance::*;
 pub use export::*;
 pub use fs::{CrashMode, DirLock, FaultyFileSystem, FileHandle, FileSystem, OsFileSystem};
-pub use log::{AuditLog, AuditLogOptions, CommitStats};
+pub use log::{Append, AuditLog, AuditLogOptions, CommitStats};
 pub use merkle::{
     Hash, MAX_TREE_SIZE, consistency_proof_of, empty_root, inclusion_proof_of, leaf_hash, node_hash, root_of,
     verify_consistency, verify_inclusion,

@@ -2,23 +2,26 @@
 //! signs checkpoints, and proofs.
 
 use std::{
+    future::Future,
     ops::Range,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use aesp_core::{Error, ErrorCode, Result, proto::v1::AuditEvent};
 use bytes::Bytes;
 use prost::Message as _;
-use tokio::sync::{Semaphore, TryAcquireError, mpsc, oneshot, watch};
+use tokio::sync::{AcquireError, Semaphore, SemaphorePermit, TryAcquireError, mpsc, oneshot, watch};
 
 use crate::{
     checkpoint::{Checkpoint, ConsistencyProof, SignedCheckpoint, TlogProof},
     index::AuditIndex,
-    intake::{Entries, Group, Intake, Limits, Taker},
+    intake::{Entries, Group, Intake, Limits, Taker, Ticket},
     merkle::{
         Hash, RightEdge, consistency_ranges, fold_range, inclusion_ranges, leaf_hash, range_subtrees,
         stored_hash_index,
@@ -258,9 +261,14 @@ impl AuditLog {
 
     /// Appends one entry given as its exact bytes (for an event, its canonical encoding);
     /// resolves with its index once it is durable.
-    pub async fn append_one(&self, entry: Bytes) -> Result<u64> {
-        let count = self.check_batch(std::slice::from_ref(&entry))?;
-        self.submit(Entries::one(entry), count).await
+    ///
+    /// The entry is checked against the limits of one append and hashed now; it is queued for
+    /// the next group commit when the returned future is first polled.
+    pub fn append_one(&self, entry: Bytes) -> Append<'_> {
+        match self.check_batch(std::slice::from_ref(&entry)) {
+            Ok(count) => Append::new(self, Entries::one(entry), count),
+            Err(e) => Append { log: self, count: 0, state: AppendState::Refused(Some(e)) },
+        }
     }
 
     /// Appends events as one batch with consecutive indices; resolves once all are durable.
@@ -271,7 +279,7 @@ impl AuditLog {
     /// Appends entries given as their exact bytes (for events, the canonical encoding).
     pub async fn append_encoded(&self, entries: Vec<Bytes>) -> Result<Range<u64>> {
         let count = self.check_batch(&entries)?;
-        let first = self.submit(Entries::many(entries), count).await?;
+        let first = Append::new(self, Entries::many(entries), count).await?;
         Ok(first..first.saturating_add(u64::from(count)))
     }
 
@@ -290,22 +298,6 @@ impl AuditLog {
             )));
         }
         u32::try_from(count).map_err(|_| Error::invalid_argument("batch too large"))
-    }
-
-    /// Queues `count` checked entries for the committer and resolves with the first one's
-    /// index once all are durable.
-    async fn submit(&self, entries: Entries, count: u32) -> Result<u64> {
-        // The committer gives the permits back once the entries are written (or failed). Taken
-        // at once when there are enough (as `acquire_many` would), without building its future.
-        let permits = match self.permits.try_acquire_many(count) {
-            Ok(permits) => Ok(permits),
-            Err(TryAcquireError::NoPermits) => self.permits.acquire_many(count).await.map_err(drop),
-            Err(TryAcquireError::Closed) => Err(()),
-        };
-        permits.map_err(|()| Error::unavailable("the audit log is closed"))?.forget();
-        // Entries never queued (the committer has stopped) are not written, so their permits
-        // come back here.
-        self.appends.0.append(entries, || self.permits.add_permits(count as usize)).await
     }
 
     /// Integrates every durable entry and signs a checkpoint of it now.
@@ -376,6 +368,106 @@ pub(crate) async fn hashes_of_ranges(storage: &dyn LogStorage, ranges: &[(u64, u
         at = at.saturating_add(plan.len());
     }
     Ok(out)
+}
+
+/// An append to an [`AuditLog`] ([`AuditLog::append_one`]); resolves with the entry's index
+/// once it is durable.
+///
+/// A named future rather than an `async fn`: it sits in the future of every audited operation
+/// (twice in a tool invocation's), and its few words are cheaper to build and to move than the
+/// nested states of async functions, each built and then copied into the one above it.
+#[must_use = "an append does nothing unless awaited"]
+pub struct Append<'a> {
+    log: &'a AuditLog,
+    /// The entries, and so the pending-entry permits, it takes.
+    count: u32,
+    state: AppendState<'a>,
+}
+
+/// A permit future of the pending-entry semaphore, built only when an append has to wait.
+type Acquiring<'a> =
+    Pin<Box<dyn Future<Output = std::result::Result<SemaphorePermit<'a>, AcquireError>> + Send + 'a>>;
+
+enum AppendState<'a> {
+    /// Refused before anything was queued (taken when polled).
+    Refused(Option<Error>),
+    /// Checked and hashed, taking its permits: at once when there are enough, or through
+    /// `waiting` (the committer gives them back once the entries are written, or failed).
+    Permits { entries: Option<Entries>, waiting: Option<Acquiring<'a>> },
+    /// Holding its permits: queued, or to be queued when polled.
+    Queued(Ticket),
+}
+
+impl<'a> Append<'a> {
+    fn new(log: &'a AuditLog, entries: Entries, count: u32) -> Self {
+        Append { log, count, state: AppendState::Permits { entries: Some(entries), waiting: None } }
+    }
+}
+
+impl Future for Append<'_> {
+    type Output = Result<u64>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<u64>> {
+        let this = self.get_mut();
+        let (log, count) = (this.log, this.count);
+        loop {
+            match &mut this.state {
+                AppendState::Refused(error) => {
+                    return Poll::Ready(Err(error
+                        .take()
+                        .unwrap_or_else(|| Error::internal("an append was polled after it resolved"))));
+                }
+                AppendState::Permits { entries, waiting } => {
+                    // Taken at once when there are enough (as `acquire_many` would: in tokio
+                    // both take free permits first, and released ones go to queued waiters
+                    // first), without building the future that waits.
+                    let permit = match waiting {
+                        Some(acquire) => match acquire.as_mut().poll(cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(permit) => permit.map_err(drop),
+                        },
+                        None => match log.permits.try_acquire_many(count) {
+                            Ok(permit) => Ok(permit),
+                            Err(TryAcquireError::NoPermits) => {
+                                *waiting = Some(Box::pin(log.permits.acquire_many(count)));
+                                continue;
+                            }
+                            Err(TryAcquireError::Closed) => Err(()),
+                        },
+                    };
+                    let next = match (permit, entries.take()) {
+                        (Ok(permit), Some(entries)) => {
+                            permit.forget();
+                            AppendState::Queued(Ticket::Unqueued(entries))
+                        }
+                        (Ok(_), None) => AppendState::Refused(None),
+                        (Err(()), _) => {
+                            AppendState::Refused(Some(Error::unavailable("the audit log is closed")))
+                        }
+                    };
+                    this.state = next;
+                }
+                // Entries never queued (the committer has stopped) are not written, so their
+                // permits come back here.
+                AppendState::Queued(ticket) => {
+                    return log.appends.0.poll_append(ticket, cx, || log.permits.add_permits(count as usize));
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Append<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            AppendState::Refused(_) => "refused",
+            AppendState::Permits { .. } => "taking permits",
+            AppendState::Queued(Ticket::Unqueued(_)) => "to be queued",
+            AppendState::Queued(Ticket::Queued(..)) => "queued",
+            AppendState::Queued(Ticket::Spent) => "resolved",
+        };
+        f.debug_struct("Append").field("entries", &self.count).field("state", &state).finish()
+    }
 }
 
 /// Keeps the index up with the log: it indexes the batches the committer hands over, and

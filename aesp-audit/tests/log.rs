@@ -281,6 +281,42 @@ async fn concurrent_appends_through_small_groups_get_every_index_once() {
     }
 }
 
+/// `append_one` checks its entry when it is made and queues it only when first polled: an
+/// entry over the limit is refused without a trace, an append dropped unpolled writes
+/// nothing, and single appends waiting for room (one entry pending at most) each get their
+/// own index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_appends_are_checked_at_once_and_queued_when_polled() {
+    let storage: Arc<dyn LogStorage> = Arc::new(MemoryStorage::default());
+    let mut options = common::options();
+    options.max_batch_entries = 1;
+    options.max_batch_bytes = 8;
+    options.max_pending_entries = 1;
+    let log = AuditLog::open(Arc::clone(&storage), signer(1, "k"), options).await.unwrap();
+
+    let too_long = log.append_one(Bytes::from_static(b"nine byte"));
+    assert_eq!(too_long.await.unwrap_err().code(), ErrorCode::InvalidArgument);
+    drop(log.append_one(Bytes::from_static(b"dropped")));
+    assert_eq!(log.append_one(Bytes::from_static(b"first")).await.unwrap(), 0);
+
+    let tasks: Vec<_> = (1..=40u8)
+        .map(|n| {
+            let log = log.clone();
+            tokio::spawn(async move { (log.append_one(Bytes::from(vec![n])).await.unwrap(), n) })
+        })
+        .collect();
+    let mut indices = Vec::new();
+    for task in tasks {
+        let (index, n) = task.await.unwrap();
+        assert_eq!(storage.read_entries(index, index + 1).await.unwrap(), vec![Bytes::from(vec![n])]);
+        indices.push(index);
+    }
+    indices.sort_unstable();
+    assert_eq!(indices, (1..=40).collect::<Vec<u64>>(), "each append has its own index, none lost");
+    let stats = log.commit_stats();
+    assert_eq!((stats.entries, stats.largest_group), (41, 1));
+}
+
 #[tokio::test]
 async fn a_failed_sync_acknowledges_nothing_and_stops_the_writer() {
     let fs = FaultyFileSystem::new();

@@ -24,6 +24,7 @@ use aesp_policy::{
     Change, Engine, EngineConfig, LifecycleConfig, PolicyLifecycle, Schema, Stage, VersionInfo,
 };
 use aesp_store::EmbeddedStore;
+use futures_util::TryFutureExt as _;
 use prost::{Message as _, bytes::Bytes};
 
 use crate::{
@@ -475,8 +476,11 @@ impl Host {
 
     /// Writes an audit event given as its canonical encoding (an `AuditEvent`'s exact bytes)
     /// durably, as [`record`](Self::record) does.
-    pub(crate) async fn record_encoded(&self, event: Bytes) -> Result<u64> {
-        self.inner.audit.append_one(event).await.map_err(|e| {
+    ///
+    /// Not an `async fn`: the log's append future, mapped, is what every audited operation's
+    /// future holds while it waits (twice in an invocation's), with no state of its own.
+    pub(crate) fn record_encoded(&self, event: Bytes) -> impl Future<Output = Result<u64>> + Send + '_ {
+        self.inner.audit.append_one(event).map_err(|e| {
             Error::new(
                 ErrorCode::AuditRequirementNotMet,
                 "the audit log cannot record this operation, so it was refused",

@@ -8,7 +8,7 @@
 //! ([`EventView`](crate::events::EventView)) into the exact bytes of the `AuditEvent` they
 //! describe, and its ids come from [`fast_id`](crate::ids::fast_id).
 
-use std::{cell::RefCell, collections::BTreeMap, sync::Arc, time::Duration};
+use std::{cell::RefCell, collections::BTreeMap, future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use aesp_core::{
     ChunkStream, Error, ErrorCode, Result,
@@ -159,7 +159,10 @@ impl Host {
         // durable): returning drops the completer, which forgets the id so that a retry runs.
         // The steps are awaited here rather than in helpers: each nested future would be
         // built and then copied into this one, and this one into its caller's.
-        let mut ready = self.admit_call(caller, call, admitted).await?;
+        let mut ready = match self.prepare(caller, call, admitted) {
+            Ok(ready) => ready,
+            Err(refused) => return Err(self.refused(caller, refused).await),
+        };
         self.record_encoded(std::mem::take(&mut ready.start)).await?;
         let started = self.clock().now_ms();
         // The call goes to the runtime; what COMPLETE repeats of it (its ids) stays: the
@@ -200,7 +203,10 @@ impl Host {
     pub async fn invoke_stream(&self, caller: &Caller, mut call: ToolCall) -> Result<ChunkStream> {
         let admitted = self.inner.admission.admit()?;
         self.prepare_ids(&mut call)?;
-        let mut ready = self.admit_call(caller, call, admitted).await?;
+        let mut ready = match self.prepare(caller, call, admitted) {
+            Ok(ready) => ready,
+            Err(refused) => return Err(self.refused(caller, refused).await),
+        };
         if !ready.contract.contract().supports_streaming {
             return Err(Error::invalid_argument(format!(
                 "contract `{}` does not stream; use invoke",
@@ -276,21 +282,19 @@ impl Host {
         Ok(())
     }
 
-    /// Runs every check and encodes the START event; on refusal, audits it and returns the
-    /// error.
-    async fn admit_call(&self, caller: &Caller, call: ToolCall, admitted: Admitted) -> Result<Ready> {
-        match self.prepare(caller, call, admitted) {
-            Ok(ready) => Ok(ready),
-            // Boxed: the rare path's state stays out of every call's future.
-            Err(refused) => {
-                let (call, (error, decision)) = *refused;
-                Err(Box::pin(self.refuse(caller, call, error, decision)).await)
-            }
-        }
+    /// Audits the refusal [`prepare`](Self::prepare) gave back and returns its error, boxed: the
+    /// rare path's state stays out of every call's future, which holds one pointer for it.
+    fn refused<'a>(
+        &'a self,
+        caller: &'a Caller,
+        refused: Box<(ToolCall, Refusal)>,
+    ) -> Pin<Box<dyn Future<Output = Error> + Send + 'a>> {
+        let (call, (error, decision)) = *refused;
+        Box::pin(self.refuse(caller, call, error, decision))
     }
 
-    /// The checks and the START event of [`admit_call`](Self::admit_call), without awaiting
-    /// anything; a refusal comes back with the call for its audit event.
+    /// Runs every check and encodes the START event, without awaiting anything; a refusal
+    /// comes back with the call for its audit event ([`refused`](Self::refused)).
     fn prepare(
         &self,
         caller: &Caller,
