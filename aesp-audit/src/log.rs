@@ -42,6 +42,14 @@ pub struct AuditLogOptions {
     /// How long the committer waits for more appends before writing a group that is not full
     /// (zero: write as soon as the previous write is done; groups still form while it runs).
     pub max_delay: Duration,
+    /// Under load, the least time between the starts of two group commits, for storage that
+    /// commits on a thread of its own (segment files): a group commits as soon as the one
+    /// before is durable, unless the runtime's workers are all busy (tasks wait in its global
+    /// queue), when it waits until this long after the one before started, to gather more
+    /// appends. Zero turns the pacing off; at most one second. The default, 1 ms, suits disks
+    /// whose sync costs tens of µs of CPU (system calls, interrupts, a virtual machine's
+    /// exits): without it, small groups spend more CPU on syncs than their wait saves.
+    pub commit_interval: Duration,
     /// The most entries waiting to be written; appends wait beyond it (backpressure).
     pub max_pending_entries: usize,
     /// A checkpoint is signed at least this often while entries arrive.
@@ -68,6 +76,7 @@ impl AuditLogOptions {
             max_batch_entries: 16 * 1024,
             max_batch_bytes: 16 << 20,
             max_delay: Duration::ZERO,
+            commit_interval: Duration::from_millis(1),
             max_pending_entries: 256 * 1024,
             checkpoint_interval: Duration::from_secs(1),
             checkpoint_every: 100_000,
@@ -195,6 +204,12 @@ impl AuditLog {
             return Err(Error::invalid_argument(
                 "max_pending_entries must be at least max_batch_entries > 0",
             ));
+        }
+        if options.commit_interval > MAX_COMMIT_INTERVAL {
+            return Err(Error::invalid_argument(format!(
+                "commit_interval is {:?}, over the most, {MAX_COMMIT_INTERVAL:?}",
+                options.commit_interval
+            )));
         }
         let integrator = Integrator::start(Arc::clone(&storage), signer.clone(), options.clone()).await?;
         let limits = Limits { entries: options.max_batch_entries, bytes: options.max_batch_bytes };
@@ -486,14 +501,12 @@ async fn follow(
     }
 }
 
-/// Under load, the least time between the starts of two group commits on the committer's
-/// thread. Without it that thread syncs as fast as the disk allows, in groups so small that
-/// the CPU each sync costs (on the machine the benchmarks run on, about 50 µs: system calls,
-/// interrupts, a virtual machine's exits) outweighs the wait it saves.
-const COMMIT_INTERVAL: Duration = Duration::from_millis(1);
+/// The most [`AuditLogOptions::commit_interval`]: under load, every append may wait that long.
+const MAX_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How many tasks waiting in the runtime's global queue mean that its workers are all busy
-/// (the load under which [`COMMIT_INTERVAL`] applies); with fewer, a group commits at once.
+/// (the load under which [`AuditLogOptions::commit_interval`] applies); with fewer, a group
+/// commits at once.
 const SATURATED_QUEUE: usize = 16;
 
 /// Makes durable groups visible: to `durable`, the index and the integrator.
@@ -637,7 +650,8 @@ impl Committer {
 
     /// The committer on a thread of its own, appending by blocking: a group commits as soon as
     /// the one before is durable, except under load ([`SATURATED_QUEUE`]), when it commits no
-    /// sooner than [`COMMIT_INTERVAL`] after the one before started, to gather more.
+    /// sooner than [`AuditLogOptions::commit_interval`] after the one before started, to
+    /// gather more.
     fn run_on_thread(
         self,
         appender: &dyn BlockingAppend,
@@ -649,9 +663,10 @@ impl Committer {
         let mut last_start: Option<Instant> = None;
         while intake.wait_blocking() {
             // The later of the pacing under load and `max_delay` (`None` is before any time).
+            let interval = self.options.commit_interval;
             let paced = last_start
-                .filter(|_| runtime.metrics().global_queue_depth() >= SATURATED_QUEUE)
-                .map(|last| last + COMMIT_INTERVAL);
+                .filter(|_| !interval.is_zero() && runtime.metrics().global_queue_depth() >= SATURATED_QUEUE)
+                .map(|last| last + interval);
             let delayed = (!self.options.max_delay.is_zero() && !intake.has_full_group())
                 .then(|| Instant::now() + self.options.max_delay);
             if let Some(until) = paced.max(delayed) {

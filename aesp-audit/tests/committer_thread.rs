@@ -1,14 +1,19 @@
 //! The committer's own thread: a log on storage that appends by blocking (segment files)
-//! commits on a thread, which ends when the log is dropped; a log on other storage (memory)
-//! commits as a task and starts no thread. Alone in its binary: it counts this process's
+//! commits on a thread, which ends when the log is dropped, pacing its group commits under
+//! load; a log on other storage (memory) commits as a task and starts no thread. Alone in its binary: it counts this process's
 //! threads by name, so its tests take turns.
 #![expect(clippy::unwrap_used, reason = "test helpers fail by panicking")]
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
-use aesp_audit::{FaultyFileSystem, LogStorage, MemoryStorage, SegmentOptions, SegmentStorage};
+use aesp_audit::{
+    AuditLog, BlockingAppend, FaultyFileSystem, LogStorage, MemoryStorage, SegmentOptions, SegmentStorage,
+};
 use bytes::Bytes;
 use common::{open_log, signer};
 
@@ -75,43 +80,60 @@ async fn segment_storage_commits_on_a_thread_that_ends_with_the_log() {
     assert_eq!(committer_threads(), 0);
 }
 
-/// Memory storage offering blocking appends that panic: its log's committer thread dies at its
-/// first group.
-#[derive(Debug, Default)]
-struct DyingStorage(MemoryStorage);
+/// Storage that appends by blocking through `appender`, and forwards everything else.
+#[derive(Debug)]
+struct WithAppender {
+    storage: Arc<dyn LogStorage>,
+    appender: Arc<dyn BlockingAppend>,
+}
 
+/// Blocking appends that panic: a log's committer thread dies at its first group.
 #[derive(Debug)]
 struct Dying;
 
-impl aesp_audit::BlockingAppend for Dying {
+impl BlockingAppend for Dying {
     #[expect(clippy::panic, reason = "the failure under test: a committer that dies")]
     fn append_blocking(&self, _: &[Bytes]) -> aesp_core::Result<u64> {
         panic!("the committer's storage gave way");
     }
 }
 
-#[async_trait::async_trait]
-impl LogStorage for DyingStorage {
-    async fn append(&self, entries: &[Bytes]) -> aesp_core::Result<u64> {
-        self.0.append(entries).await
+/// Blocking appends through `inner`, each one's start noted.
+#[derive(Debug)]
+struct Timed {
+    inner: Arc<dyn BlockingAppend>,
+    starts: Mutex<Vec<Instant>>,
+}
+
+impl BlockingAppend for Timed {
+    fn append_blocking(&self, entries: &[Bytes]) -> aesp_core::Result<u64> {
+        self.starts.lock().unwrap().push(Instant::now());
+        self.inner.append_blocking(entries)
     }
-    fn blocking_appender(&self) -> Option<Arc<dyn aesp_audit::BlockingAppend>> {
-        Some(Arc::new(Dying))
+}
+
+#[async_trait::async_trait]
+impl LogStorage for WithAppender {
+    async fn append(&self, entries: &[Bytes]) -> aesp_core::Result<u64> {
+        self.storage.append(entries).await
+    }
+    fn blocking_appender(&self) -> Option<Arc<dyn BlockingAppend>> {
+        Some(Arc::clone(&self.appender))
     }
     async fn state(&self) -> aesp_core::Result<aesp_audit::StorageState> {
-        self.0.state().await
+        self.storage.state().await
     }
     async fn read_leaves(&self, start: u64, end: u64) -> aesp_core::Result<Vec<aesp_audit::Leaf>> {
-        self.0.read_leaves(start, end).await
+        self.storage.read_leaves(start, end).await
     }
     async fn prune(&self, request: aesp_audit::PruneRequest<'_>) -> aesp_core::Result<u64> {
-        self.0.prune(request).await
+        self.storage.prune(request).await
     }
     async fn acquire_lease(&self, holder: &str, ttl: Duration) -> aesp_core::Result<aesp_audit::Lease> {
-        self.0.acquire_lease(holder, ttl).await
+        self.storage.acquire_lease(holder, ttl).await
     }
     async fn release_lease(&self, lease: &aesp_audit::Lease) -> aesp_core::Result<()> {
-        self.0.release_lease(lease).await
+        self.storage.release_lease(lease).await
     }
     async fn append_hashes(
         &self,
@@ -120,10 +142,10 @@ impl LogStorage for DyingStorage {
         to: u64,
         hashes: &[aesp_audit::Hash],
     ) -> aesp_core::Result<()> {
-        self.0.append_hashes(lease, from, to, hashes).await
+        self.storage.append_hashes(lease, from, to, hashes).await
     }
     async fn read_hashes(&self, indexes: &[u64]) -> aesp_core::Result<Vec<aesp_audit::Hash>> {
-        self.0.read_hashes(indexes).await
+        self.storage.read_hashes(indexes).await
     }
     async fn store_checkpoint(
         &self,
@@ -131,24 +153,79 @@ impl LogStorage for DyingStorage {
         size: u64,
         note: &[u8],
     ) -> aesp_core::Result<()> {
-        self.0.store_checkpoint(lease, size, note).await
+        self.storage.store_checkpoint(lease, size, note).await
     }
     async fn checkpoints(
         &self,
         from_size: u64,
         limit: usize,
     ) -> aesp_core::Result<Vec<aesp_audit::StoredCheckpoint>> {
-        self.0.checkpoints(from_size, limit).await
+        self.storage.checkpoints(from_size, limit).await
     }
     async fn latest_checkpoint(&self) -> aesp_core::Result<Option<aesp_audit::StoredCheckpoint>> {
-        self.0.latest_checkpoint().await
+        self.storage.latest_checkpoint().await
     }
+}
+
+/// Under load (tasks waiting in the runtime's global queue, its only worker busy) a group
+/// commits no sooner than `commit_interval` after the one before started; with the pacing
+/// off, at once. The second append is polled on the test's thread (`Runtime::block_on` runs
+/// its future there), so it queues while the worker is held.
+#[test]
+fn under_load_group_commits_keep_the_commit_interval_apart() {
+    for (interval, paced) in [(Duration::from_secs(1), true), (Duration::ZERO, false)] {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let serial = rt.block_on(SERIAL.lock());
+        let segments =
+            rt.block_on(SegmentStorage::open(Arc::new(FaultyFileSystem::new()), SegmentOptions::default()));
+        let storage: Arc<dyn LogStorage> = Arc::new(segments.unwrap());
+        let timed = Arc::new(Timed { inner: storage.blocking_appender().unwrap(), starts: Mutex::default() });
+        let with_timed = Arc::new(WithAppender { storage, appender: Arc::clone(&timed) as _ });
+        let mut options = common::options();
+        options.commit_interval = interval;
+        let log = rt.block_on(AuditLog::open(with_timed, signer(1, "k"), options)).unwrap();
+        rt.block_on(log.append_one(Bytes::from_static(b"first"))).unwrap();
+
+        // The worker held for 2.5 s, and tasks waiting behind it.
+        let (started, worker_held) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            started.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(2500));
+        });
+        worker_held.recv().unwrap();
+        for _ in 0..32 {
+            rt.spawn(async {});
+        }
+        rt.block_on(log.append_one(Bytes::from_static(b"second"))).unwrap();
+
+        let starts = timed.starts.lock().unwrap().clone();
+        assert_eq!(starts.len(), 2, "one group commit per append");
+        let gap = starts[1] - starts[0];
+        if paced {
+            assert!(gap >= interval - Duration::from_millis(5), "paced at {interval:?}, yet {gap:?} apart");
+        } else {
+            assert!(gap < Duration::from_millis(900), "not paced, yet {gap:?} apart");
+        }
+        drop(log);
+        assert!(rt.block_on(eventually_committer_threads(0)));
+        drop(serial);
+    }
+}
+
+#[test]
+fn a_commit_interval_over_a_second_is_refused() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut options = common::options();
+    options.commit_interval = Duration::from_millis(1001);
+    let opened = rt.block_on(AuditLog::open(Arc::new(MemoryStorage::default()), signer(1, "k"), options));
+    assert_eq!(opened.unwrap_err().code(), aesp_core::ErrorCode::InvalidArgument);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_fail_rather_than_wait_when_the_committer_dies() {
     let _serial = SERIAL.lock().await;
-    let log = open_log(Arc::new(DyingStorage::default()), &signer(1, "k")).await;
+    let storage = WithAppender { storage: Arc::new(MemoryStorage::default()), appender: Arc::new(Dying) };
+    let log = open_log(Arc::new(storage), &signer(1, "k")).await;
     let appends: Vec<_> = (0..4u8)
         .map(|n| {
             let log = log.clone();

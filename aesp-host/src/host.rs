@@ -177,6 +177,9 @@ pub struct HostOptions {
     /// (`AuditLogOptions::index_entries`; about 60 bytes an entry, two entries a call).
     /// Audit queries reaching further back read storage.
     pub audit_index_entries: u64,
+    /// Under load, the least time between the starts of two audit group commits
+    /// (`AuditLogOptions::commit_interval`: 1 ms by default, zero for none, at most 1 s).
+    pub audit_commit_interval: Duration,
     /// Session lifetimes.
     pub sessions: SessionOptions,
     /// A runtime that has not sent a heartbeat for this long is unhealthy.
@@ -210,6 +213,7 @@ impl Default for HostOptions {
             audit_origin: "aesp.local/audit".to_owned(),
             audit_key_name: "aesp.local/audit-key".to_owned(),
             audit_index_entries: AuditLogOptions::new("").index_entries,
+            audit_commit_interval: AuditLogOptions::new("").commit_interval,
             sessions: SessionOptions::default(),
             heartbeat_timeout: Duration::from_secs(30),
             default_call_timeout: Duration::from_secs(30),
@@ -344,6 +348,7 @@ impl Host {
         let signer = NoteSigner::new(&options.audit_key_name, Arc::clone(&backends.audit_signer))?;
         let audit_options = AuditLogOptions {
             index_entries: options.audit_index_entries,
+            commit_interval: options.audit_commit_interval,
             ..AuditLogOptions::new(&options.audit_origin)
         };
         let audit = AuditLog::open(Arc::clone(&backends.audit), signer, audit_options).await?;
