@@ -29,6 +29,7 @@ use crate::{
     records::{check_name, shorten},
     runtimes::RuntimePermit,
     sessions::{ActiveInvocation, SessionEntry},
+    tenants::Tenants,
 };
 
 /// The action every tool invocation is authorized as.
@@ -482,7 +483,9 @@ impl Host {
         let inner = &self.inner;
         // One reading of the clock for every check, the decision and the START event.
         let now_ms = self.clock().now_ms();
-        let tenant = inner.tenants.active(caller.tenant_id()).map_err(|e| (e, None))?;
+        // Borrowed, not counted: the tenants are read by every call on every core.
+        let tenants = inner.tenants.current();
+        let tenant = Tenants::active_in(&tenants, caller.tenant_id()).map_err(|e| (e, None))?;
         let active =
             inner.sessions.begin_invocation(caller, &call.session_id, now_ms).map_err(|e| (e, None))?;
         let session = active.session();
@@ -496,12 +499,12 @@ impl Host {
         // The Host assigns the request id that chooses canaries (never the caller), and uses it
         // as the id of the START event.
         let request_id = fast_id_at(now_ms);
-        fill_request(request, caller, &tenant, &contract, session, params, now_ms, call);
+        fill_request(request, caller, tenant, &contract, session, params, now_ms, call);
         #[cfg(debug_assertions)]
         {
             let fresh = policy_request(
                 caller,
-                &tenant,
+                tenant,
                 &contract,
                 session,
                 request.params.clone(),

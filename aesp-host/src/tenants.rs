@@ -3,15 +3,13 @@
 //! Tenants are stored under the system tenant and cached in memory (the pipeline reads them on
 //! every call); writes go to the store first, with compare-and-set, then to the cache.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, PoisonError, RwLock},
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use aesp_core::{
     Clock, Error, ErrorCode, Result, StateStore,
     proto::v1::{Tenant, TenantQuotas, TenantStatus},
 };
+use arc_swap::{ArcSwap, Guard};
 
 use crate::records::{self, check_tenant_id, shorten, tenant_key, tenants_prefix};
 
@@ -23,43 +21,58 @@ const CAS_RETRIES: usize = 8;
 pub(crate) struct Tenants {
     store: Arc<dyn StateStore>,
     clock: Arc<dyn Clock>,
-    cache: RwLock<Arc<BTreeMap<String, Arc<Tenant>>>>,
+    /// Every tenant by id, replaced whole on a change: a reader (every call) takes no lock and
+    /// no reference count, so the cores do not trade the cache lines of shared counters.
+    cache: ArcSwap<BTreeMap<String, Arc<Tenant>>>,
 }
+
+/// The tenants as they were when [`Tenants::current`] was called.
+pub(crate) type TenantsNow = Guard<Arc<BTreeMap<String, Arc<Tenant>>>>;
 
 impl Tenants {
     /// Loads every tenant from the store.
     pub(crate) async fn load(store: Arc<dyn StateStore>, clock: Arc<dyn Clock>) -> Result<Self> {
         let all = records::read_all::<Tenant>(store.as_ref(), &tenants_prefix()).await?;
         let cache = all.into_iter().map(|(_, t)| (t.value.tenant_id.clone(), Arc::new(t.value))).collect();
-        Ok(Self { store, clock, cache: RwLock::new(Arc::new(cache)) })
+        Ok(Self { store, clock, cache: ArcSwap::from_pointee(cache) })
     }
 
-    fn snapshot(&self) -> Arc<BTreeMap<String, Arc<Tenant>>> {
-        Arc::clone(&self.cache.read().unwrap_or_else(PoisonError::into_inner))
+    /// The tenants now, to read while no await intervenes.
+    pub(crate) fn current(&self) -> TenantsNow {
+        self.cache.load()
     }
 
     fn remember(&self, tenant: Tenant) -> Arc<Tenant> {
         let tenant = Arc::new(tenant);
-        let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
-        let mut next = BTreeMap::clone(&cache);
-        next.insert(tenant.tenant_id.clone(), Arc::clone(&tenant));
-        *cache = Arc::new(next);
+        self.cache.rcu(|cache| {
+            let mut next = BTreeMap::clone(cache);
+            next.insert(tenant.tenant_id.clone(), Arc::clone(&tenant));
+            next
+        });
         tenant
     }
 
     /// The tenant, from memory.
     pub(crate) fn get(&self, id: &str) -> Option<Arc<Tenant>> {
-        self.snapshot().get(id).cloned()
+        self.current().get(id).cloned()
     }
 
     /// Every tenant, by id.
     pub(crate) fn list(&self) -> Vec<Arc<Tenant>> {
-        self.snapshot().values().cloned().collect()
+        self.current().values().cloned().collect()
     }
 
     /// The tenant if it exists and is active: `NOT_FOUND` or `TENANT_SUSPENDED` otherwise.
     pub(crate) fn active(&self, id: &str) -> Result<Arc<Tenant>> {
-        let tenant = self.get(id).ok_or_else(|| {
+        Self::active_in(&self.current(), id).cloned()
+    }
+
+    /// [`active`](Self::active), borrowed from `tenants` ([`current`](Self::current)).
+    pub(crate) fn active_in<'a>(
+        tenants: &'a BTreeMap<String, Arc<Tenant>>,
+        id: &str,
+    ) -> Result<&'a Arc<Tenant>> {
+        let tenant = tenants.get(id).ok_or_else(|| {
             Error::not_found(format!("tenant `{}` does not exist", shorten(id))).with_tenant(id)
         })?;
         if tenant.status() == TenantStatus::Suspended {
