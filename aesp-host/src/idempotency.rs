@@ -215,7 +215,7 @@ impl Shard {
         true
     }
 
-    /// Whether the record at `place` is attempt `attempt`, finished.
+    /// Whether `record` is attempt `attempt`, finished.
     fn is_done(record: &Record, attempt: u64) -> bool {
         record.attempt == attempt && matches!(record.slot, Slot::Done(_))
     }
@@ -412,7 +412,6 @@ impl Idempotency {
             shard.expire(now);
             let held = |place, attempt| Held { shard: at, place, attempt };
             if let Some(place) = shard.find(hash, text) {
-                let attempt = shard.attempts;
                 let Some(record) = shard.record_mut(place) else {
                     return Err(Error::new(
                         ErrorCode::InternalError,
@@ -438,16 +437,14 @@ impl Idempotency {
                     });
                 }
                 // Finished and its window over, but not forgotten yet: begun again in its own
-                // place (its queued expiry no longer matches the attempt).
-                *record = Record {
-                    hash,
-                    text: std::mem::take(&mut record.text),
-                    digest,
-                    attempt,
-                    expires: now.saturating_add(self.window_ms),
-                    slot: Slot::Running { waiters: false },
-                };
-                shard.attempts = attempt.wrapping_add(1);
+                // place, keeping its key (its queued expiry no longer matches the attempt).
+                let attempt = shard.next_attempt();
+                if let Some(record) = shard.record_mut(place) {
+                    record.digest = digest;
+                    record.attempt = attempt;
+                    record.expires = now.saturating_add(self.window_ms);
+                    record.slot = Slot::Running { waiters: false };
+                }
                 return Ok(Claim::First(Completer { table: self, held: Some(held(place, attempt)) }));
             }
             // A new key needs a place: when the table is full, the finished call whose window
