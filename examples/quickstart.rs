@@ -56,7 +56,16 @@ async fn main() -> ExitCode {
         Some(dir) => (PathBuf::from(dir), true),
         None => (std::env::temp_dir().join(format!("aesp-quickstart-{}", std::process::id())), false),
     };
-    let outcome = run(&data_dir, keep).await;
+    // The quickstart bootstraps a new Host, so a directory to keep must be new (or empty); one
+    // that is not is left as it is.
+    if keep && std::fs::read_dir(&data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        eprintln!(
+            "quickstart FAILED: {} is not empty: give the quickstart a new directory",
+            data_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let outcome = run(&data_dir).await;
     if keep {
         println!("\nthe Host's data is kept in {}", data_dir.display());
     } else if let Err(error) = std::fs::remove_dir_all(&data_dir) {
@@ -74,15 +83,8 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(data_dir: &Path, keep: bool) -> aesp_core::Result<()> {
-    // 1. A durable Host: state, audit log and signing keys live in this directory. The
-    //    quickstart bootstraps a new Host, so a directory to keep must be new (or empty).
-    if keep && std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
-        return Err(Error::invalid_argument(format!(
-            "{} is not empty: give the quickstart a new directory",
-            data_dir.display()
-        )));
-    }
+async fn run(data_dir: &Path) -> aesp_core::Result<()> {
+    // 1. A durable Host: state, audit log and signing keys live in this directory.
     let host = Host::builder().data_dir(data_dir).build().await?;
     let services = host.services();
     println!("1. Host started; data directory {}", data_dir.display());
