@@ -99,7 +99,11 @@ struct Checked {
 /// Why the checks refused a call: the error, and the decision when authorization refused.
 type Refusal = (Error, Option<Box<(Decision, DecisionInput, Snapshot)>>);
 
-fn outcome_of(result: &Result<ToolResult>) -> &'static str {
+/// A call's answer as the COMPLETE event reads it: borrowed, so that an error which goes on to
+/// the caller needs no copy for the audit trail.
+type Answer<'a> = std::result::Result<&'a ToolResult, &'a Error>;
+
+fn outcome_of(result: Answer<'_>) -> &'static str {
     match result {
         Ok(r) if r.status() == ToolResultStatus::Success => "SUCCESS",
         Ok(_) => "FAILURE",
@@ -177,7 +181,7 @@ impl Host {
         check_result(&ready, &mut result);
         // The tool ran: from here on the outcome is remembered, even an audit failure, so that
         // a retry cannot run it twice.
-        let event = self.complete_event(caller, &ready, &result, started, 0);
+        let event = self.complete_event(caller, &ready, result.as_ref(), started, 0);
         let result = match self.record_encoded(event).await {
             // The ids are not needed any more: the answer takes the correlation id.
             Ok(_) => match result {
@@ -220,8 +224,7 @@ impl Host {
         let stream = match transport.invoke_stream(ready.call.clone(), ready.deadline).await {
             Ok(stream) => stream,
             Err(e) => {
-                let failed: Result<ToolResult> = Err(Error::new(e.code(), e.message().to_owned()));
-                self.complete(caller, &ready, &failed, started, 0).await?;
+                self.complete(caller, &ready, Err(&e), started, 0).await?;
                 return Err(e);
             }
         };
@@ -237,30 +240,26 @@ impl Host {
                 let (item, finished) = match item {
                     Some(Ok(chunk)) if !chunk.is_final => (Ok(chunk), false),
                     Some(Ok(chunk)) => {
-                        let ok: Result<ToolResult> = Ok(ToolResult {
+                        let ok = ToolResult {
                             invocation_id: chunk.invocation_id.clone(),
                             status: ToolResultStatus::Success as i32,
                             ..ToolResult::default()
-                        });
-                        match host.complete(&caller, &ready, &ok, started, chunks + 1).await {
+                        };
+                        match host.complete(&caller, &ready, Ok(&ok), started, chunks + 1).await {
                             Ok(()) => (Ok(chunk), true),
                             Err(e) => (Err(e), true),
                         }
                     }
-                    Some(Err(e)) => {
-                        let failed: Result<ToolResult> = Err(Error::new(e.code(), e.message().to_owned()));
-                        match host.complete(&caller, &ready, &failed, started, chunks).await {
-                            Ok(()) => (Err(e), true),
-                            Err(audit) => (Err(audit), true),
-                        }
-                    }
+                    Some(Err(e)) => match host.complete(&caller, &ready, Err(&e), started, chunks).await {
+                        Ok(()) => (Err(e), true),
+                        Err(audit) => (Err(audit), true),
+                    },
                     None => {
                         let e = Error::new(
                             ErrorCode::ResourceUnavailable,
                             "the stream ended without a final chunk",
                         );
-                        let failed: Result<ToolResult> = Err(Error::new(e.code(), e.message().to_owned()));
-                        match host.complete(&caller, &ready, &failed, started, chunks).await {
+                        match host.complete(&caller, &ready, Err(&e), started, chunks).await {
                             Ok(()) => (Err(e), true),
                             Err(audit) => (Err(audit), true),
                         }
@@ -577,7 +576,7 @@ impl Host {
         &self,
         caller: &Caller,
         ready: &Ready,
-        result: &Result<ToolResult>,
+        result: Answer<'_>,
         started: u64,
         chunks: u64,
     ) -> Result<()> {
@@ -590,7 +589,7 @@ impl Host {
         &self,
         caller: &Caller,
         ready: &Ready,
-        result: &Result<ToolResult>,
+        result: Answer<'_>,
         started: u64,
         chunks: u64,
     ) -> Bytes {
@@ -610,7 +609,7 @@ impl Host {
             outcome: outcome_of(result),
             source_ip: caller.source_ip(),
             risk_score: risk.text(),
-            policy_violation: result.as_ref().err().map(Error::code_str),
+            policy_violation: result.err().map(Error::code_str),
             ..EventView::default()
         };
         let metadata = &mut view.metadata;

@@ -9,7 +9,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use aesp_core::{
     ErrorCode,
-    proto::v1::{EnterpriseRuntimeAnnouncement, TenantQuotas, ToolResultStatus, Value},
+    proto::v1::{AuditEvent, EnterpriseRuntimeAnnouncement, TenantQuotas, ToolResultStatus, Value},
 };
 use aesp_host::NewSession;
 use common::{Fixture, caller, sql_contract};
@@ -279,7 +279,7 @@ async fn runtime_timeouts_failures_and_contract_breaches_are_clear_and_audited()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_correlation_id_reaches_the_answer_and_both_events() {
     let f = Fixture::new().await;
-    let correlation_of = |events: &[aesp_core::proto::v1::AuditEvent], invocation: &str| -> Vec<String> {
+    let correlation_of = |events: &[AuditEvent], invocation: &str| -> Vec<String> {
         events
             .iter()
             .filter(|e| e.metadata.get("invocation_id").map(String::as_str) == Some(invocation))
@@ -401,10 +401,22 @@ async fn graceful_shutdown_finishes_calls_in_flight_and_refuses_new_ones() {
     );
 }
 
-struct Counter;
+/// How a [`Streamer`]'s stream ends after its chunks.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// Five chunks, the last one final.
+    Final,
+    /// Two chunks, then the runtime's error.
+    Fails,
+    /// Two chunks, none final, then nothing.
+    Stops,
+}
+
+/// A runtime that only streams, ending as told.
+struct Streamer(Ending);
 
 #[async_trait::async_trait]
-impl aesp_host::ToolHandler for Counter {
+impl aesp_host::ToolHandler for Streamer {
     async fn call(
         &self,
         call: aesp_core::proto::v1::ToolCall,
@@ -416,26 +428,58 @@ impl aesp_host::ToolHandler for Counter {
         &self,
         call: aesp_core::proto::v1::ToolCall,
     ) -> aesp_core::Result<aesp_core::ChunkStream> {
-        let chunks = (0..5u64).map(move |i| {
-            Ok(aesp_core::proto::v1::StreamChunk {
-                invocation_id: call.invocation_id.clone(),
-                chunk_id: i,
-                payload: Some(Value::integer(i64::try_from(i).expect("small"))),
-                is_final: i == 4,
-                ..Default::default()
+        let count = if matches!(self.0, Ending::Final) { 5u64 } else { 2 };
+        let mut chunks: Vec<_> = (0..count)
+            .map(|i| {
+                Ok(aesp_core::proto::v1::StreamChunk {
+                    invocation_id: call.invocation_id.clone(),
+                    chunk_id: i,
+                    payload: Some(Value::integer(i64::try_from(i).expect("small"))),
+                    is_final: matches!(self.0, Ending::Final) && i == count - 1,
+                    ..Default::default()
+                })
             })
-        });
-        Ok(Box::pin(futures_util::stream::iter(chunks.collect::<Vec<_>>())))
+            .collect();
+        if matches!(self.0, Ending::Fails) {
+            chunks.push(Err(aesp_core::Error::new(ErrorCode::QuotaExceeded, "the cursor ran dry")));
+        }
+        Ok(Box::pin(futures_util::stream::iter(chunks)))
+    }
+}
+
+impl Fixture {
+    /// Replaces the fixture's runtime with a [`Streamer`] ending as `ending` says.
+    async fn stream_from(&self, ending: Ending) {
+        self.host.unregister_runtime(&self.admin, "rt-1").await.expect("unregister");
+        let announcement =
+            EnterpriseRuntimeAnnouncement { runtime_id: "streamer".into(), ..Default::default() };
+        self.host
+            .register_in_process_runtime(&self.admin, announcement, Streamer(ending))
+            .await
+            .expect("streamer");
+        self.host
+            .fulfill(&self.admin, "streamer", vec![("sql.query".into(), "^1".into())])
+            .await
+            .expect("fulfil");
+    }
+
+    /// The COMPLETE event of `invocation`.
+    async fn complete_of(&self, invocation: &str) -> AuditEvent {
+        self.events()
+            .await
+            .into_iter()
+            .find(|e| {
+                e.event_type == "TOOL_INVOCATION_COMPLETE"
+                    && e.metadata.get("invocation_id").map(String::as_str) == Some(invocation)
+            })
+            .expect("complete")
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streaming_tool_delivers_every_chunk_in_order() {
     let f = Fixture::new().await;
-    f.host.unregister_runtime(&f.admin, "rt-1").await.expect("unregister");
-    let announcement = EnterpriseRuntimeAnnouncement { runtime_id: "streamer".into(), ..Default::default() };
-    f.host.register_in_process_runtime(&f.admin, announcement, Counter).await.expect("streamer");
-    f.host.fulfill(&f.admin, "streamer", vec![("sql.query".into(), "^1".into())]).await.expect("fulfil");
+    f.stream_from(Ending::Final).await;
     let stream = f.host.invoke_stream(&f.alice, f.call("s-2", "x")).await.expect("stream");
     let chunks: Vec<_> = stream.collect().await;
     let ids: Vec<u64> = chunks.iter().map(|c| c.as_ref().expect("chunk").chunk_id).collect();
@@ -445,9 +489,37 @@ async fn a_streaming_tool_delivers_every_chunk_in_order() {
         f.events_of("s-2").await,
         ["TOOL_INVOCATION_START:SUCCESS", "TOOL_INVOCATION_COMPLETE:SUCCESS"]
     );
-    let complete =
-        f.events().await.into_iter().find(|e| e.event_type == "TOOL_INVOCATION_COMPLETE").expect("complete");
-    assert_eq!(complete.metadata["chunks"], "5");
+    assert_eq!(f.complete_of("s-2").await.metadata["chunks"], "5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_fails_or_stops_short_ends_with_its_error_audited() {
+    for (ending, id, code, message) in [
+        (Ending::Fails, "s-3", ErrorCode::QuotaExceeded, "the cursor ran dry"),
+        (
+            Ending::Stops,
+            "s-4",
+            ErrorCode::ResourceUnavailable,
+            "the runtime ended the stream without a final chunk",
+        ),
+    ] {
+        let f = Fixture::new().await;
+        f.stream_from(ending).await;
+        let stream = f.host.invoke_stream(&f.alice, f.call(id, "x")).await.expect("stream");
+        let items: Vec<_> = stream.collect().await;
+        let ids: Vec<u64> = items.iter().filter_map(|c| c.as_ref().ok()).map(|c| c.chunk_id).collect();
+        assert_eq!(ids, [0, 1], "{id}: the chunks before the end arrive");
+        let error = items.last().expect("an item").as_ref().expect_err("the stream ends with an error");
+        assert_eq!((error.code(), error.message()), (code, message), "{id}");
+        assert_eq!(
+            f.events_of(id).await,
+            ["TOOL_INVOCATION_START:SUCCESS", "TOOL_INVOCATION_COMPLETE:ERROR"]
+        );
+        let complete = f.complete_of(id).await;
+        assert_eq!(complete.metadata["chunks"], "2", "{id}");
+        assert_eq!(complete.metadata["error"], message, "{id}");
+        assert_eq!(complete.policy_violations, [code.as_str()], "{id}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
