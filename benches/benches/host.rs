@@ -11,7 +11,8 @@
 //! fixed run, `AESP_BENCH_REPEAT` (default 1) to make the fixed run that many times and print
 //! their median, `AESP_BENCH_RUNS=plain` or `token` for one run only, and
 //! `AESP_BENCH_INDEX_ENTRIES` for the entries the audit query index covers, default the
-//! Host's).
+//! Host's, and `AESP_BENCH_COMMIT_INTERVAL_US` for the audit log's pacing of group commits
+//! under load, default the Host's 1,000).
 //! Prints throughput, p50 and p99 latency, and the CPU time per call (all threads, from
 //! `/proc/self/stat`): the figure that tells the pipeline's cost apart from fsync waits. It also
 //! prints how much of the machine's CPU time was idle (or waiting for I/O) and how much the
@@ -71,6 +72,9 @@ async fn setup() -> Setup {
     let mut options = HostOptions { policy_schema: aesp_benches::schema(), ..HostOptions::default() };
     if let Some(entries) = std::env::var("AESP_BENCH_INDEX_ENTRIES").ok().and_then(|v| v.parse().ok()) {
         options.audit_index_entries = entries;
+    }
+    if let Some(micros) = std::env::var("AESP_BENCH_COMMIT_INTERVAL_US").ok().and_then(|v| v.parse().ok()) {
+        options.audit_commit_interval = Duration::from_micros(micros);
     }
     let host = Host::builder().data_dir(dir.path()).options(options).build().await.expect("host");
     let session = aesp_benches::prepare_pipeline(&host).await;
