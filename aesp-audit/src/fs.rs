@@ -25,6 +25,13 @@ pub trait FileHandle: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes the file's data durable.
     fn sync_data(&self) -> io::Result<()>;
+    /// Advises that the `len` bytes from `offset`, already synced, will not be read soon, so
+    /// that the operating system may drop them from its cache. Advice only: the data stays
+    /// durable and readable. The default does nothing.
+    fn drop_cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
 }
 
 /// A flat directory of files.
@@ -111,6 +118,19 @@ impl FileHandle for OsFile {
 
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
+    }
+
+    /// `posix_fadvise(POSIX_FADV_DONTNEED)` on Linux: clean pages in the range leave the page
+    /// cache at once. Elsewhere nothing.
+    fn drop_cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            let Some(len) = std::num::NonZeroU64::new(len) else { return Ok(()) };
+            rustix::fs::fadvise(&self.0, offset, Some(len), rustix::fs::Advice::DontNeed)?;
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (offset, len);
+        Ok(())
     }
 }
 
@@ -205,6 +225,8 @@ struct MemFile {
     live: Vec<u8>,
     durable: Vec<u8>,
     pending: Vec<Op>,
+    /// The ranges `drop_cache` was given, in order.
+    cache_drops: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -263,7 +285,7 @@ impl FaultyFileSystem {
                     }
                 }
             }
-            let fresh = MemFile { live: data.clone(), durable: data, pending: Vec::new() };
+            let fresh = MemFile { live: data.clone(), durable: data, ..MemFile::default() };
             files.insert(name.clone(), Arc::new(Mutex::new(fresh)));
         }
         state.durable_names = files.clone();
@@ -290,6 +312,13 @@ impl FaultyFileSystem {
         lock(&self.state).syncs
     }
 
+    /// The ranges (start, end) of a file that were dropped from the cache
+    /// ([`FileHandle::drop_cache`]), in order. A range that was not synced when it was dropped
+    /// is refused with `InvalidInput`, and not listed.
+    pub fn cache_drops(&self, name: &str) -> Vec<(u64, u64)> {
+        lock(&self.state).files.get(name).map(|f| lock(f).cache_drops.clone()).unwrap_or_default()
+    }
+
     /// A copy of a file's live contents.
     pub fn read_file(&self, name: &str) -> Option<Vec<u8>> {
         lock(&self.state).files.get(name).map(|f| lock(f).live.clone())
@@ -298,7 +327,7 @@ impl FaultyFileSystem {
     /// Replaces a file's contents, durably (to simulate corruption on the medium).
     pub fn write_file(&self, name: &str, data: Vec<u8>) {
         let mut state = lock(&self.state);
-        let file = Arc::new(Mutex::new(MemFile { live: data.clone(), durable: data, pending: Vec::new() }));
+        let file = Arc::new(Mutex::new(MemFile { live: data.clone(), durable: data, ..MemFile::default() }));
         state.files.insert(name.to_owned(), Arc::clone(&file));
         state.durable_names.insert(name.to_owned(), file);
     }
@@ -372,6 +401,22 @@ impl FileHandle for MemHandle {
         for op in &pending {
             apply(&mut file.durable, op);
         }
+        Ok(())
+    }
+
+    fn drop_cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.check()?;
+        let mut file = lock(&self.file);
+        let end = offset.saturating_add(len);
+        let synced = end <= file.durable.len() as u64
+            && file.pending.iter().all(|op| match op {
+                Op::Write(at, bytes) => at.saturating_add(bytes.len() as u64) <= offset || *at >= end,
+                Op::SetLen(len) => *len >= end,
+            });
+        if !synced {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "dropping bytes not synced yet"));
+        }
+        file.cache_drops.push((offset, end));
         Ok(())
     }
 }

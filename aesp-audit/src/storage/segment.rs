@@ -68,6 +68,8 @@ const PRUNE_SUFFIX: &str = ".prune";
 const FRAME_CACHE_BYTES: usize = 64 << 20;
 /// The most bytes one `read_entries` call reads.
 const MAX_READ: u64 = 8 << 20;
+/// The least the page cache is told to drop at a time ([`SegmentOptions::cached_tail_bytes`]).
+const DROP_STEP: u64 = 1 << 20;
 
 /// Options of a [`SegmentStorage`].
 #[derive(Clone, Debug)]
@@ -85,6 +87,16 @@ pub struct SegmentOptions {
     /// as the unwritten tail of the last segment, and they never reach past
     /// `max_segment_bytes`, so a full segment ends with its last frame.
     pub preallocate_bytes: u64,
+    /// How much of the log's tail is left in the operating system's page cache: after each
+    /// sync, what lies further behind the end of the current segment is dropped from it
+    /// (`posix_fadvise(DONTNEED)` on Linux, [`FileHandle::drop_cache`]), at least 1 MiB at
+    /// a time, and a full segment is dropped whole once the next one starts.
+    /// Recent entries are read back from a cache of decoded frames, older ones rarely, so the
+    /// log need not fill the page cache over days of writing; on a virtual machine, writing
+    /// into pages the cache has never held before was seen to cost several times more than
+    /// writing into pages it gave back (docs/PERFORMANCE.md). `u64::MAX` leaves the page cache
+    /// to the operating system.
+    pub cached_tail_bytes: u64,
     /// How long opening waits for the directory's lock ([`FileSystem::lock`]) while another
     /// storage holds it. A log dropped in this process without being shut down goes on writing
     /// the groups it had queued, for milliseconds, and holds the lock until it has; a second
@@ -100,6 +112,7 @@ impl Default for SegmentOptions {
             max_segment_bytes: 64 << 20,
             max_frame_bytes: 32 << 20,
             preallocate_bytes: 1 << 20,
+            cached_tail_bytes: 8 << 20,
             lock_wait: Duration::from_secs(5),
             clock: Arc::new(SystemClock),
         }
@@ -133,6 +146,8 @@ struct Index {
     /// Where the last segment's file ends: zeros written ahead of its frames fill what lies
     /// past its `len` (the other segments end with their frames).
     prepared: u64,
+    /// Where the last segment's file has been dropped from the page cache up to.
+    dropped: u64,
 }
 
 #[derive(Debug)]
@@ -678,7 +693,12 @@ impl SegmentStorage {
                 writer: Mutex::new(()),
                 spare_frame: Mutex::new(Vec::new()),
                 // Opening cut any zeros off the last segment.
-                index: RwLock::new(Index { prepared: segments.last().map_or(0, |s| s.len), segments, size }),
+                index: RwLock::new(Index {
+                    prepared: segments.last().map_or(0, |s| s.len),
+                    dropped: 0,
+                    segments,
+                    size,
+                }),
                 meta: Mutex::new(Meta {
                     hashes,
                     hash_count: needed,
@@ -715,6 +735,13 @@ fn write_zeros(file: &dyn FileHandle, from: u64, to: u64) -> std::io::Result<()>
         at = at.saturating_add(n as u64);
     }
     Ok(())
+}
+
+/// Advises that `file`'s synced bytes from `from` to `to` will not be read soon
+/// ([`SegmentOptions::cached_tail_bytes`]). Advice only: where the operating system refuses
+/// it, nothing is lost but cache, so the refusal is not an error.
+fn drop_cache(file: &dyn FileHandle, from: u64, to: u64) {
+    let _ = file.drop_cache(from, to.saturating_sub(from));
 }
 
 fn create_segment(fs: &dyn FileSystem, first: u64) -> Result<Segment> {
@@ -794,19 +821,22 @@ impl Shared {
     }
 
     fn append_locked(&self, frame: &mut [u8], count: u32) -> Result<u64> {
-        let (first, file, name, offset, prepared) = {
+        let (first, file, name, offset, prepared, dropped) = {
             let index = self.index();
             let seg = index.segments.last().ok_or_else(|| Error::internal("no segment"))?;
-            (index.size, Arc::clone(&seg.file), seg.name.clone(), seg.len, index.prepared)
+            (index.size, Arc::clone(&seg.file), seg.name.clone(), seg.len, index.prepared, index.dropped)
         };
         // Zeros never reach past `max_segment_bytes`, so a full segment ends with its frames.
-        let (file, name, offset, prepared) = if offset >= self.options.max_segment_bytes {
+        let (file, name, offset, prepared, dropped) = if offset >= self.options.max_segment_bytes {
             let seg = create_segment(self.fs.as_ref(), first)?;
-            let out = (Arc::clone(&seg.file), seg.name.clone(), seg.len, seg.len);
+            if self.options.cached_tail_bytes != u64::MAX {
+                drop_cache(file.as_ref(), dropped, offset);
+            }
+            let out = (Arc::clone(&seg.file), seg.name.clone(), seg.len, seg.len, 0);
             self.index_mut().segments.push(seg);
             out
         } else {
-            (file, name, offset, prepared)
+            (file, name, offset, prepared, dropped)
         };
         seal_record(frame, FRAME_MAGIC, first, count)?;
         let end = offset.saturating_add(frame.len() as u64);
@@ -821,6 +851,13 @@ impl Shared {
         };
         file.write_all_at(frame, offset).map_err(|e| io_error("write", &name, e))?;
         file.sync_data().map_err(|e| io_error("sync", &name, e))?;
+        let dropped = match end.checked_sub(self.options.cached_tail_bytes) {
+            Some(until) if until.saturating_sub(dropped) >= DROP_STEP => {
+                drop_cache(file.as_ref(), dropped, until);
+                until
+            }
+            _ => dropped,
+        };
         let len = u32::try_from(frame.len()).map_err(|_| Error::internal("frame too large"))?;
         let mut index = self.index_mut();
         if let Some(seg) = index.segments.last_mut() {
@@ -828,6 +865,7 @@ impl Shared {
             seg.len = end;
         }
         index.prepared = ahead;
+        index.dropped = dropped;
         index.size = first.saturating_add(u64::from(count));
         Ok(first)
     }
@@ -973,8 +1011,9 @@ impl Shared {
                 seg.len = rewritten.len() as u64;
             }
             if last {
-                // The rewritten file holds only frames.
+                // The rewritten file holds only frames, none of them dropped from the cache.
                 index.prepared = rewritten.len() as u64;
+                index.dropped = 0;
             }
             pruned = pruned.saturating_add(count);
         }
@@ -1302,5 +1341,114 @@ mod tests {
         frame.extend_from_slice(&1u32.to_le_bytes());
         frame.push(7);
         assert_eq!(storage.shared.append(&mut frame, 1).unwrap(), 100);
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    /// Appends one entry of `size` bytes, filled with `byte`, as a frame of its own.
+    fn append_entry(storage: &SegmentStorage, size: usize, byte: u8) {
+        let mut frame = vec![0u8; RECORD_HEADER];
+        frame.extend_from_slice(&u32::try_from(size).unwrap().to_le_bytes());
+        frame.resize(frame.len() + size, byte);
+        storage.shared.append(&mut frame, 1).unwrap();
+    }
+
+    /// Every entry of `storage`, read back.
+    fn all_entries(storage: &SegmentStorage) -> Vec<Bytes> {
+        let size = storage.shared.state().size;
+        let mut entries = Vec::new();
+        while (entries.len() as u64) < size {
+            for leaf in storage.shared.read_leaves(entries.len() as u64, size).unwrap() {
+                match leaf {
+                    Leaf::Entry(entry) => entries.push(entry),
+                    Leaf::Pruned(_) => panic!("nothing was pruned"),
+                }
+            }
+        }
+        entries
+    }
+
+    /// The segments' names and lengths.
+    fn segment_ends(storage: &SegmentStorage) -> Vec<(String, u64)> {
+        storage.shared.index().segments.iter().map(|s| (s.name.clone(), s.len)).collect()
+    }
+
+    #[test]
+    fn the_page_cache_keeps_the_tail_and_a_full_segment_leaves_it_whole() {
+        let fs = FaultyFileSystem::new();
+        let options = SegmentOptions {
+            max_segment_bytes: 8 * MIB,
+            cached_tail_bytes: 2 * MIB,
+            ..SegmentOptions::default()
+        };
+        let storage = SegmentStorage::open_blocking(Arc::new(fs.clone()), options).unwrap();
+        // 56 entries of 256 KiB: about 14 MiB, in two segments.
+        for i in 0..56u8 {
+            append_entry(&storage, 256 << 10, i);
+        }
+        let ends = segment_ends(&storage);
+        let [(full, full_len), (last, last_len)] = ends.as_slice() else { panic!("two segments: {ends:?}") };
+        assert!(*last_len > 5 * MIB, "{ends:?}");
+
+        // The full segment left the cache from its start to its end, with no gap and no
+        // overlap, a step of at least 1 MiB at a time (but for its rest, once it was full).
+        // A drop of bytes not synced yet would be refused, and missing here.
+        let drops = fs.cache_drops(full);
+        assert_eq!(drops.first().map(|d| d.0), Some(0), "{drops:?}");
+        assert_eq!(drops.last().map(|d| d.1), Some(*full_len), "{drops:?}");
+        assert!(drops.windows(2).all(|w| w[0].1 == w[1].0), "{drops:?}");
+        assert!(drops[..drops.len() - 1].iter().all(|(from, to)| to - from >= MIB), "{drops:?}");
+
+        // The current segment keeps its last 2 MiB, and less than a step more.
+        let drops = fs.cache_drops(last);
+        let kept_from = drops.last().map_or(0, |d| d.1);
+        assert!(kept_from <= last_len - 2 * MIB && kept_from > last_len - 3 * MIB, "{drops:?} of {last_len}");
+
+        let entries = all_entries(&storage);
+        assert_eq!(entries.len(), 56);
+        assert!(entries.iter().enumerate().all(|(i, e)| e.len() == 256 << 10 && e[0] == i as u8));
+    }
+
+    #[test]
+    fn the_page_cache_can_be_left_to_the_operating_system() {
+        let fs = FaultyFileSystem::new();
+        let options = SegmentOptions {
+            max_segment_bytes: 4 * MIB,
+            cached_tail_bytes: u64::MAX,
+            ..SegmentOptions::default()
+        };
+        let storage = SegmentStorage::open_blocking(Arc::new(fs.clone()), options).unwrap();
+        for i in 0..40u8 {
+            append_entry(&storage, 256 << 10, i);
+        }
+        let ends = segment_ends(&storage);
+        assert!(ends.len() >= 2, "{ends:?}");
+        assert!(ends.iter().all(|(name, _)| fs.cache_drops(name).is_empty()));
+    }
+
+    #[test]
+    fn entries_dropped_from_the_os_page_cache_read_back_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let options = SegmentOptions {
+                max_segment_bytes: 4 * MIB,
+                cached_tail_bytes: MIB,
+                ..SegmentOptions::default()
+            };
+            let fs = crate::fs::OsFileSystem::new(dir.path()).unwrap();
+            SegmentStorage::open_blocking(Arc::new(fs), options).unwrap()
+        };
+        let storage = open();
+        for i in 0..40u8 {
+            append_entry(&storage, 256 << 10, i);
+        }
+        assert!(segment_ends(&storage).len() >= 2);
+        drop(storage);
+        let storage = open();
+        let entries = all_entries(&storage);
+        assert_eq!(entries.len(), 40);
+        assert!(
+            entries.iter().enumerate().all(|(i, e)| e.len() == 256 << 10 && e.iter().all(|&b| b == i as u8))
+        );
     }
 }
