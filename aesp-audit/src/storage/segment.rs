@@ -1254,6 +1254,14 @@ mod tests {
     use super::*;
     use crate::fs::FaultyFileSystem;
 
+    /// Appends one entry of `size` bytes, filled with `byte`, as a frame of its own; its index.
+    fn append_entry(storage: &SegmentStorage, size: usize, byte: u8) -> u64 {
+        let mut frame = vec![0u8; RECORD_HEADER];
+        frame.extend_from_slice(&u32::try_from(size).unwrap().to_le_bytes());
+        frame.resize(frame.len() + size, byte);
+        storage.shared.append(&mut frame, 1).unwrap()
+    }
+
     fn open(fs: &FaultyFileSystem) -> Result<SegmentStorage> {
         SegmentStorage::open_blocking(Arc::new(fs.clone()), SegmentOptions::default())
     }
@@ -1278,10 +1286,7 @@ mod tests {
         let fs = FaultyFileSystem::new();
         let storage = open(&fs).unwrap();
         for i in 0..3u8 {
-            let mut frame = vec![0u8; RECORD_HEADER];
-            frame.extend_from_slice(&1u32.to_le_bytes());
-            frame.push(i);
-            storage.shared.append(&mut frame, 1).unwrap();
+            append_entry(&storage, 1, i);
         }
         drop(storage);
         let name = segment_name(0);
@@ -1311,10 +1316,7 @@ mod tests {
             SegmentOptions { max_segment_bytes: 4096, preallocate_bytes: 1500, ..SegmentOptions::default() };
         let storage = SegmentStorage::open_blocking(Arc::new(fs.clone()), options.clone()).unwrap();
         for i in 0..100u8 {
-            let mut frame = vec![0u8; RECORD_HEADER];
-            frame.extend_from_slice(&100u32.to_le_bytes());
-            frame.extend_from_slice(&[i; 100]);
-            storage.shared.append(&mut frame, 1).unwrap();
+            append_entry(&storage, 100, i);
         }
         let (ends, prepared): (Vec<(String, u64)>, u64) = {
             let index = storage.shared.index();
@@ -1337,21 +1339,10 @@ mod tests {
         assert_eq!(storage.shared.state().size, 100);
         let leaves = storage.shared.read_leaves(97, 100).unwrap();
         assert_eq!(leaves[2].entry().unwrap()[..], [99u8; 100]);
-        let mut frame = vec![0u8; RECORD_HEADER];
-        frame.extend_from_slice(&1u32.to_le_bytes());
-        frame.push(7);
-        assert_eq!(storage.shared.append(&mut frame, 1).unwrap(), 100);
+        assert_eq!(append_entry(&storage, 1, 7), 100);
     }
 
     const MIB: u64 = 1 << 20;
-
-    /// Appends one entry of `size` bytes, filled with `byte`, as a frame of its own.
-    fn append_entry(storage: &SegmentStorage, size: usize, byte: u8) {
-        let mut frame = vec![0u8; RECORD_HEADER];
-        frame.extend_from_slice(&u32::try_from(size).unwrap().to_le_bytes());
-        frame.resize(frame.len() + size, byte);
-        storage.shared.append(&mut frame, 1).unwrap();
-    }
 
     /// Every entry of `storage`, read back.
     fn all_entries(storage: &SegmentStorage) -> Vec<Bytes> {
