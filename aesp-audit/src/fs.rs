@@ -34,6 +34,10 @@ pub trait FileHandle: Send + Sync + fmt::Debug {
     }
 }
 
+/// What the offset, the length and the memory address of every write through a handle from
+/// [`FileSystem::open_direct`] are multiples of.
+pub const DIRECT_IO_ALIGN: usize = 4096;
+
 /// A flat directory of files.
 ///
 /// # Contract
@@ -41,6 +45,18 @@ pub trait FileHandle: Send + Sync + fmt::Debug {
 pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     /// Opens `name`, creating it (empty) when `create` is set and it does not exist.
     fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn FileHandle>>;
+    /// Opens `name`, which exists, for writes that bypass the operating system's page cache
+    /// (direct I/O); `Ok(None)` where this file system does not support them. Only
+    /// `write_all_at` and `sync_data` are used on the handle, and every write's offset, length
+    /// and memory address are multiples of [`DIRECT_IO_ALIGN`]. A direct write is durable, as
+    /// any other, once `sync_data` returns (through either handle of the file), and reads
+    /// through a handle from [`open`](Self::open) see it once it returned.
+    ///
+    /// The default supports none.
+    fn open_direct(&self, name: &str) -> io::Result<Option<Arc<dyn FileHandle>>> {
+        let _ = name;
+        Ok(None)
+    }
     /// The names of the files.
     fn list(&self) -> io::Result<Vec<String>>;
     /// Removes `name`.
@@ -141,6 +157,39 @@ impl FileSystem for OsFileSystem {
         Ok(Arc::new(OsFile(file)))
     }
 
+    /// `O_DIRECT` on Linux, where the file system accepts it and reports (through `statx`,
+    /// Linux 6.1 and later) alignments that divide [`DIRECT_IO_ALIGN`]; elsewhere none.
+    fn open_direct(&self, name: &str) -> io::Result<Option<Arc<dyn FileHandle>>> {
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::{AtFlags, Mode, OFlags, StatxFlags};
+            let flags = OFlags::WRONLY | OFlags::DIRECT | OFlags::CLOEXEC;
+            let fd = match rustix::fs::open(self.dir.join(name), flags, Mode::empty()) {
+                Ok(fd) => fd,
+                // The file system does not do direct I/O.
+                Err(rustix::io::Errno::INVAL) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let stat = match rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN) {
+                Ok(stat) => stat,
+                // A kernel without `statx` does not tell the alignment either.
+                Err(rustix::io::Errno::NOSYS) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let divides = |align: u32| align != 0 && DIRECT_IO_ALIGN.is_multiple_of(align as usize);
+            let told = StatxFlags::from_bits_retain(stat.stx_mask).contains(StatxFlags::DIOALIGN);
+            if !(told && divides(stat.stx_dio_mem_align) && divides(stat.stx_dio_offset_align)) {
+                return Ok(None);
+            }
+            Ok(Some(Arc::new(OsFile(std::fs::File::from(fd)))))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = name;
+            Ok(None)
+        }
+    }
+
     fn list(&self) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
@@ -227,6 +276,8 @@ struct MemFile {
     pending: Vec<Op>,
     /// The ranges `drop_cache` was given, in order.
     cache_drops: Vec<(u64, u64)>,
+    /// How many writes came through handles from `open_direct`.
+    direct_writes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -236,6 +287,8 @@ struct MemState {
     durable_names: BTreeMap<String, Arc<Mutex<MemFile>>>,
     fail_syncs: bool,
     syncs: u64,
+    /// Refuses [`FileSystem::open_direct`], as a file system without direct I/O does.
+    no_direct_io: bool,
 }
 
 /// An in-memory file system that keeps, per file, the durable image (as of its last sync) and
@@ -302,6 +355,17 @@ impl FaultyFileSystem {
         }
     }
 
+    /// Makes [`FileSystem::open_direct`] answer that this file system has no direct I/O (or
+    /// has it again, the default).
+    pub fn refuse_direct_io(&self, refuse: bool) {
+        lock(&self.state).no_direct_io = refuse;
+    }
+
+    /// How many writes went to a file through handles from [`FileSystem::open_direct`].
+    pub fn direct_writes(&self, name: &str) -> u64 {
+        lock(&self.state).files.get(name).map_or(0, |f| lock(f).direct_writes)
+    }
+
     /// Makes every later `sync_data` and `sync_dir` fail (or succeed again).
     pub fn fail_syncs(&self, fail: bool) {
         lock(&self.state).fail_syncs = fail;
@@ -338,6 +402,8 @@ struct MemHandle {
     fs: Arc<Mutex<MemState>>,
     generation: u64,
     file: Arc<Mutex<MemFile>>,
+    /// Opened by `open_direct`: writes must be aligned ([`DIRECT_IO_ALIGN`]).
+    direct: bool,
 }
 
 impl MemHandle {
@@ -368,12 +434,25 @@ impl FileHandle for MemHandle {
         Ok(())
     }
 
+    /// Through a handle from `open_direct`, a write whose offset, length or address is not
+    /// aligned is refused with `InvalidInput`, as Linux refuses it (`EINVAL`).
     fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         self.check()?;
+        let align = DIRECT_IO_ALIGN as u64;
+        if self.direct
+            && (!offset.is_multiple_of(align)
+                || !(data.len() as u64).is_multiple_of(align)
+                || data.as_ptr().align_offset(DIRECT_IO_ALIGN) != 0)
+        {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "an unaligned direct write"));
+        }
         let mut file = lock(&self.file);
         let op = Op::Write(offset, data.to_vec());
         apply(&mut file.live, &op);
         file.pending.push(op);
+        if self.direct {
+            file.direct_writes = file.direct_writes.saturating_add(1);
+        }
         Ok(())
     }
 
@@ -433,7 +512,31 @@ impl FileSystem for FaultyFileSystem {
             }
             None => return Err(io::Error::new(io::ErrorKind::NotFound, format!("no file `{name}`"))),
         };
-        Ok(Arc::new(MemHandle { fs: Arc::clone(&self.state), generation: state.generation, file }))
+        Ok(Arc::new(MemHandle {
+            fs: Arc::clone(&self.state),
+            generation: state.generation,
+            file,
+            direct: false,
+        }))
+    }
+
+    /// Direct handles unless [`refuse_direct_io`](Self::refuse_direct_io) was set: they refuse
+    /// unaligned writes, and what they write is lost in a crash unless synced, like any write.
+    fn open_direct(&self, name: &str) -> io::Result<Option<Arc<dyn FileHandle>>> {
+        let state = self.alive()?;
+        if state.no_direct_io {
+            return Ok(None);
+        }
+        let file = state
+            .files
+            .get(name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no file `{name}`")))?;
+        Ok(Some(Arc::new(MemHandle {
+            fs: Arc::clone(&self.state),
+            generation: state.generation,
+            file: Arc::clone(file),
+            direct: true,
+        })))
     }
 
     fn list(&self) -> io::Result<Vec<String>> {

@@ -38,7 +38,7 @@ mod verify;
 pub use checkpoint::{Checkpoint, ConsistencyProof, SignedCheckpoint, TlogProof};
 pub use compliance::*;
 pub use export::*;
-pub use fs::{CrashMode, DirLock, FaultyFileSystem, FileHandle, FileSystem, OsFileSystem};
+pub use fs::{CrashMode, DIRECT_IO_ALIGN, DirLock, FaultyFileSystem, FileHandle, FileSystem, OsFileSystem};
 pub use log::{Append, AuditLog, AuditLogOptions, CommitStats};
 pub use merkle::{
     Hash, MAX_TREE_SIZE, consistency_proof_of, empty_root, inclusion_proof_of, leaf_hash, node_hash, root_of,

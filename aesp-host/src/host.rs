@@ -178,7 +178,7 @@ pub struct HostOptions {
     /// Audit queries reaching further back read storage.
     pub audit_index_entries: u64,
     /// Under load, the least time between the starts of two audit group commits
-    /// (`AuditLogOptions::commit_interval`: 1 ms by default, zero for none, at most 1 s).
+    /// (`AuditLogOptions::commit_interval`: 1.5 ms by default, zero for none, at most 1 s).
     pub audit_commit_interval: Duration,
     /// Session lifetimes.
     pub sessions: SessionOptions,

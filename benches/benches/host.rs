@@ -11,16 +11,19 @@
 //! fixed run, `AESP_BENCH_REPEAT` (default 1) to make the fixed run that many times and print
 //! their median, `AESP_BENCH_RUNS=plain` or `token` for one run only, and
 //! `AESP_BENCH_INDEX_ENTRIES` for the entries the audit query index covers, default the
-//! Host's, and `AESP_BENCH_COMMIT_INTERVAL_US` for the audit log's pacing of group commits
-//! under load, default the Host's 1,000).
+//! Host's, `AESP_BENCH_COMMIT_INTERVAL_US` for the audit log's pacing of group commits
+//! under load, default the Host's 1,500, and `AESP_BENCH_IDEMPOTENCY_CAPACITY` for the
+//! invocation ids the idempotency table holds, default the Host's 100,000).
 //! Prints throughput, p50 and p99 latency, and the CPU time per call (all threads, from
 //! `/proc/self/stat`): the figure that tells the pipeline's cost apart from fsync waits. It also
 //! prints how much of the machine's CPU time was idle (or waiting for I/O) and how much the
 //! hypervisor stole during the run (`/proc/stat`): on a shared virtual machine, a run with much
 //! stolen time measured less machine than it seems to. A second line gives the audit log's
-//! group commits during the run: how many, their mean size, and the mean time from a group's
+//! group commits during the run: how many, their mean size, the mean time from a group's
 //! write to its acknowledgement (write, sync and the wait for the committer to run again),
-//! which with the idle time tells waiting on the log apart from computing. For a
+//! which with the idle time tells waiting on the log apart from computing, and the CPU time
+//! the committer's thread took per group commit (from `/proc/self/task/*/schedstat`): the cost
+//! of building, writing and syncing a frame, which the neighbours' load moves less. For a
 //! figure the machine's other load does not move, `benches/instructions.sh` counts the
 //! instructions per call under valgrind.
 //!
@@ -72,6 +75,9 @@ async fn setup() -> Setup {
     let mut options = HostOptions { policy_schema: aesp_benches::schema(), ..HostOptions::default() };
     if let Some(entries) = std::env::var("AESP_BENCH_INDEX_ENTRIES").ok().and_then(|v| v.parse().ok()) {
         options.audit_index_entries = entries;
+    }
+    if let Some(ids) = std::env::var("AESP_BENCH_IDEMPOTENCY_CAPACITY").ok().and_then(|v| v.parse().ok()) {
+        options.idempotency_capacity = ids;
     }
     if let Some(micros) = std::env::var("AESP_BENCH_COMMIT_INTERVAL_US").ok().and_then(|v| v.parse().ok()) {
         options.audit_commit_interval = Duration::from_micros(micros);
@@ -168,6 +174,20 @@ fn cpu_time() -> Option<Duration> {
     Some(Duration::from_millis(user.saturating_add(system).saturating_mul(10)))
 }
 
+/// The CPU time the audit log's committer thread (`aesp-audit-commit`, which writes and syncs
+/// each group commit) has used so far, from `/proc/self/task/*/schedstat` (nanoseconds);
+/// `None` where those files are not there.
+fn committer_cpu_time() -> Option<Duration> {
+    std::fs::read_dir("/proc/self/task").ok()?.flatten().find_map(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        if !comm.starts_with("aesp-audit-comm") {
+            return None;
+        }
+        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        Some(Duration::from_nanos(schedstat.split_whitespace().next()?.parse().ok()?))
+    })
+}
+
 /// The machine's CPU time so far, from the `cpu` line of `/proc/stat`, in clock ticks: (all,
 /// idle and I/O wait, stolen by the hypervisor); `None` where that file is not there.
 fn machine_time() -> Option<(u64, u64, u64)> {
@@ -193,9 +213,9 @@ fn idle_and_steal(before: (u64, u64, u64), after: (u64, u64, u64)) -> (f64, f64)
 fn fixed_run(rt: &tokio::runtime::Runtime, setup: &Arc<Setup>, callers: usize, label: &str) -> (f64, f64) {
     let calls = std::env::var("AESP_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000u64);
     let (cpu_before, machine_before) = (cpu_time(), machine_time());
-    let commits_before = setup.host.audit_log().commit_stats();
+    let (commits_before, committer_before) = (setup.host.audit_log().commit_stats(), committer_cpu_time());
     let (elapsed, mut latencies) = rt.block_on(setup.run(calls, callers));
-    let commits_after = setup.host.audit_log().commit_stats();
+    let (commits_after, committer_after) = (setup.host.audit_log().commit_stats(), committer_cpu_time());
     let cpu = cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     let machine = machine_before.zip(machine_time()).map(|(before, after)| idle_and_steal(before, after));
     latencies.sort();
@@ -223,12 +243,14 @@ fn fixed_run(rt: &tokio::runtime::Runtime, setup: &Arc<Setup>, callers: usize, l
         machine.map_or(f64::NAN, |m| m.1),
     );
     let groups = commits_after.groups.saturating_sub(commits_before.groups).max(1) as f64;
+    let committer = committer_after.zip(committer_before).map(|(after, before)| after.saturating_sub(before));
     println!(
-        "  audit: {:.0} group commits, {:.0} entries each, {:.2} ms each from write to acknowledgement; \
-         {ALLOCATOR_NAME} allocator",
+        "  audit: {:.0} group commits, {:.0} entries each, {:.2} ms each from write to acknowledgement, \
+         {:.0} µs of the committer thread's CPU each; {ALLOCATOR_NAME} allocator",
         groups,
         commits_after.entries.saturating_sub(commits_before.entries) as f64 / groups,
         commits_after.commit_time.saturating_sub(commits_before.commit_time).as_secs_f64() * 1e3 / groups,
+        committer.map_or(f64::NAN, |c| c.as_secs_f64() * 1e6 / groups),
     );
     (throughput, cpu_per_call)
 }
