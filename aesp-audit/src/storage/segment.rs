@@ -856,8 +856,8 @@ impl Shared {
         };
         // Zeros never reach past `max_segment_bytes`, so a full segment ends with its frames.
         let (file, name, offset, prepared, dropped, key) = if offset >= self.options.max_segment_bytes {
-            if writer.direct.as_ref().is_some_and(|d| d.key == key) {
-                // Direct writes end at a block's end: cut off the zeros after the last frame.
+            // Direct writes end at a block's end: cut off the zeros after the last frame.
+            if file.size().map_err(|e| io_error("read", &name, e))? > offset {
                 file.set_len(offset).map_err(|e| io_error("truncate", &name, e))?;
                 file.sync_data().map_err(|e| io_error("sync", &name, e))?;
             }
