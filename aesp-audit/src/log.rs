@@ -48,9 +48,8 @@ pub struct AuditLogOptions {
     /// queue), when it waits until this long after the one before started, to gather more
     /// appends. Zero turns the pacing off; at most one second. The default, 1.5 ms, suits disks
     /// whose sync costs tens of µs of CPU (system calls, interrupts, a virtual machine's
-    /// exits): without it, small groups spend more CPU on syncs than their wait saves. It was
-    /// measured on segment files written directly (`SegmentOptions::direct_io`), whose group
-    /// commits take about 0.6 ms from write to acknowledgement (docs/PERFORMANCE.md).
+    /// exits): without it, small groups spend more CPU on syncs than their wait saves
+    /// (measured on segment files, docs/PERFORMANCE.md).
     pub commit_interval: Duration,
     /// The most entries waiting to be written; appends wait beyond it (backpressure).
     pub max_pending_entries: usize,
@@ -679,6 +678,7 @@ impl Committer {
             last_start = Some(started);
             let appended = appender.append_blocking(&group.entries);
             self.finish(group, appended, started, |first, group| forward(durable, first, group));
+            appender.after_append();
         }
     }
 }

@@ -76,7 +76,12 @@ impl Backends {
     /// key in `dir/keys/token.pem` and the canary key in `dir/keys/canary.key` (all created,
     /// mode 0600, on first start).
     pub async fn embedded(dir: impl AsRef<Path>) -> Result<Self> {
-        let dir = dir.as_ref();
+        Self::embedded_with(dir.as_ref(), SegmentOptions::default().direct_io).await
+    }
+
+    /// [`embedded`](Self::embedded), the audit segment files written with direct I/O or not
+    /// ([`HostOptions::audit_direct_io`]).
+    async fn embedded_with(dir: &Path, audit_direct_io: bool) -> Result<Self> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let state = EmbeddedStore::open(dir.join("state"), StateStoreOptions::default())?;
         let audit_dir = dir.join("audit");
@@ -86,7 +91,11 @@ impl Backends {
         })?;
         let audit = SegmentStorage::open(
             Arc::new(fs),
-            SegmentOptions { clock: Arc::clone(&clock), ..SegmentOptions::default() },
+            SegmentOptions {
+                clock: Arc::clone(&clock),
+                direct_io: audit_direct_io,
+                ..SegmentOptions::default()
+            },
         )
         .await?;
         let keys = dir.join("keys");
@@ -180,6 +189,11 @@ pub struct HostOptions {
     /// Under load, the least time between the starts of two audit group commits
     /// (`AuditLogOptions::commit_interval`: 1.5 ms by default, zero for none, at most 1 s).
     pub audit_commit_interval: Duration,
+    /// Whether the embedded audit segment files are written with direct I/O, around the
+    /// operating system's page cache, where the file system supports it
+    /// (`SegmentOptions::direct_io`, on by default). Used by [`HostBuilder::data_dir`];
+    /// backends given whole keep their own.
+    pub audit_direct_io: bool,
     /// Session lifetimes.
     pub sessions: SessionOptions,
     /// A runtime that has not sent a heartbeat for this long is unhealthy.
@@ -214,6 +228,7 @@ impl Default for HostOptions {
             audit_key_name: "aesp.local/audit-key".to_owned(),
             audit_index_entries: AuditLogOptions::new("").index_entries,
             audit_commit_interval: AuditLogOptions::new("").commit_interval,
+            audit_direct_io: SegmentOptions::default().direct_io,
             sessions: SessionOptions::default(),
             heartbeat_timeout: Duration::from_secs(30),
             default_call_timeout: Duration::from_secs(30),
@@ -262,7 +277,7 @@ impl HostBuilder {
     pub async fn build(self) -> Result<Host> {
         let backends = match (self.backends, self.data_dir) {
             (Some(backends), _) => backends,
-            (None, Some(dir)) => Backends::embedded(dir).await?,
+            (None, Some(dir)) => Backends::embedded_with(&dir, self.options.audit_direct_io).await?,
             (None, None) => {
                 return Err(Error::new(
                     ErrorCode::ConfigurationError,

@@ -13,7 +13,8 @@
 //! `AESP_BENCH_INDEX_ENTRIES` for the entries the audit query index covers, default the
 //! Host's, `AESP_BENCH_COMMIT_INTERVAL_US` for the audit log's pacing of group commits
 //! under load, default the Host's 1,500, and `AESP_BENCH_IDEMPOTENCY_CAPACITY` for the
-//! invocation ids the idempotency table holds, default the Host's 100,000).
+//! invocation ids the idempotency table holds, default the Host's 100,000, and
+//! `AESP_BENCH_DIRECT_IO=true` to write the audit log's segment files with direct I/O).
 //! Prints throughput, p50 and p99 latency, and the CPU time per call (all threads, from
 //! `/proc/self/stat`): the figure that tells the pipeline's cost apart from fsync waits. It also
 //! prints how much of the machine's CPU time was idle (or waiting for I/O) and how much the
@@ -75,6 +76,9 @@ async fn setup() -> Setup {
     let mut options = HostOptions { policy_schema: aesp_benches::schema(), ..HostOptions::default() };
     if let Some(entries) = std::env::var("AESP_BENCH_INDEX_ENTRIES").ok().and_then(|v| v.parse().ok()) {
         options.audit_index_entries = entries;
+    }
+    if let Some(direct) = std::env::var("AESP_BENCH_DIRECT_IO").ok().and_then(|v| v.parse().ok()) {
+        options.audit_direct_io = direct;
     }
     if let Some(ids) = std::env::var("AESP_BENCH_IDEMPOTENCY_CAPACITY").ok().and_then(|v| v.parse().ok()) {
         options.idempotency_capacity = ids;

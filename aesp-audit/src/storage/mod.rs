@@ -209,6 +209,12 @@ pub trait BlockingAppend: Send + Sync + fmt::Debug + 'static {
     /// [`LogStorage::append`], blocking the calling thread: the same contract, and appends
     /// through either are one sequence.
     fn append_blocking(&self, entries: &[Bytes]) -> Result<u64>;
+
+    /// Called by the committer after a group it appended was handed on to be acknowledged, and
+    /// before it takes the next: work that need not hold up a group (the segment files write
+    /// zeros ahead of directly written frames then). Its failure is the storage's own concern:
+    /// it must not lose or damage anything appended. The default does nothing.
+    fn after_append(&self) {}
 }
 
 /// The lease bookkeeping shared by the built-in storages.

@@ -86,10 +86,10 @@ pub struct SegmentOptions {
     /// machines (ext4) that made a group commit's sync take about 160 µs instead of 290–420 µs
     /// (`host` benchmark, 16 callers). The zeros are not part of the log: recovery reads them
     /// as the unwritten tail of the last segment, and they never reach past
-    /// `max_segment_bytes`, so a full segment ends with its last frame. Direct writes
-    /// ([`direct_io`](Self::direct_io)) write none: a direct write waits for the disk, so zeros
-    /// written directly made each group commit that wrote them wait for a megabyte more, and
-    /// made the log slower than the allocations they save.
+    /// `max_segment_bytes`, so a full segment ends with its last frame. Ahead of direct writes
+    /// ([`direct_io`](Self::direct_io)) the zeros are written directly too, between group
+    /// commits, once fewer than half of these are left ahead (a direct write waits for the
+    /// disk: written within a group commit, they held the group up), and synced with the next.
     pub preallocate_bytes: u64,
     /// How much of the log's tail is left in the operating system's page cache: after each
     /// sync, what lies further behind the end of the current segment is dropped from it
@@ -105,14 +105,16 @@ pub struct SegmentOptions {
     /// Whether the last segment's frames are written with direct I/O
     /// ([`FileSystem::open_direct`]), where the file system supports it, rather than through
     /// the operating system's page cache: no copy into the cache, and a sync with no cached
-    /// pages to write back. On this project's machine (ext4 on a virtual disk, `host`
-    /// benchmark) a group commit took about 190 µs of the committer's CPU instead of 270, and
-    /// 0.45 to 0.75 ms from write to acknowledgement instead of 0.7 to 1.0 (docs/PERFORMANCE.md).
-    /// A direct write starts at the block (of [`DIRECT_IO_ALIGN`] bytes) where the log ends,
-    /// so it writes that block's frames again, byte for byte, and ends at a block's end, so
-    /// the last segment may end in zeros after its last frame; a full segment is cut back to
-    /// its frames before the next one starts. Where the file system has no direct I/O, frames
-    /// go through the page cache whatever this says.
+    /// pages to write back. A direct write starts at the block (of [`DIRECT_IO_ALIGN`] bytes)
+    /// where the log ends, so it writes that block's frames again, byte for byte, and ends at
+    /// a block's end, so the last segment may end in zeros after its last frame; a full
+    /// segment is cut back to its frames before the next one starts. The zeros ahead
+    /// ([`preallocate_bytes`](Self::preallocate_bytes)) are written between group commits.
+    /// On this project's machine (ext4 on a virtual disk, `host` benchmark, 1,024 callers) a
+    /// group commit took 0.4 to 0.5 ms from write to acknowledgement instead of 0.9 to 1.0,
+    /// and 180 to 190 µs of the committer's CPU instead of 300 to 340 (docs/PERFORMANCE.md).
+    /// Where the file system has no direct I/O, frames go through the page cache whatever
+    /// this says.
     pub direct_io: bool,
     /// How long opening waits for the directory's lock ([`FileSystem::lock`]) while another
     /// storage holds it. A log dropped in this process without being shut down goes on writing
@@ -312,6 +314,11 @@ impl std::fmt::Debug for SegmentAppender {
 impl BlockingAppend for SegmentAppender {
     fn append_blocking(&self, entries: &[Bytes]) -> Result<u64> {
         self.0.append(entries)
+    }
+
+    /// Writes zeros ahead of directly written frames ([`SegmentOptions::preallocate_bytes`]).
+    fn after_append(&self) {
+        self.0.zeros_ahead_of_direct_writes();
     }
 }
 
@@ -774,6 +781,24 @@ impl SegmentStorage {
     }
 }
 
+/// Zeros at an address aligned for direct writes.
+#[repr(C, align(4096))]
+struct AlignedZeros([u8; 1 << 20]);
+
+static DIRECT_ZEROS: AlignedZeros = AlignedZeros([0; 1 << 20]);
+
+/// Writes zeros over `from..to` of a file opened for direct writes, a megabyte a write; `from`
+/// and `to` are multiples of [`DIRECT_IO_ALIGN`].
+fn write_direct_zeros(file: &dyn FileHandle, from: u64, to: u64) -> std::io::Result<()> {
+    let mut at = from;
+    while at < to {
+        let n = usize::try_from(to - at).unwrap_or(usize::MAX).min(DIRECT_ZEROS.0.len());
+        file.write_all_at(DIRECT_ZEROS.0.get(..n).unwrap_or_default(), at)?;
+        at = at.saturating_add(n as u64);
+    }
+    Ok(())
+}
+
 /// Writes zeros over `from..to` of `file` (nothing when `to <= from`).
 fn write_zeros(file: &dyn FileHandle, from: u64, to: u64) -> std::io::Result<()> {
     static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
@@ -915,8 +940,8 @@ impl Shared {
                 let from = align_down(offset);
                 let written_end = align_up(end);
                 buf.resize(lead.saturating_add(usize::try_from(written_end - from).unwrap_or(usize::MAX)), 0);
-                // No zeros ahead (`SegmentOptions::preallocate_bytes`): written directly, they
-                // would each wait for the disk.
+                // Zeros ahead are written between group commits (`zeros_ahead_of_direct_writes`):
+                // written here, directly, each would hold this group up until the disk took it.
                 let ahead = prepared.max(written_end);
                 let block = buf.get(lead..).unwrap_or_default();
                 d.file.write_all_at(block, from).map_err(|e| io_error("write", &name, e))?;
@@ -973,6 +998,39 @@ impl Shared {
             offset.saturating_add(self.options.preallocate_bytes).min(self.options.max_segment_bytes);
         write_zeros(file, end, target).map_err(|e| io_error("write", name, e))?;
         Ok(target.max(end))
+    }
+
+    /// Writes zeros, directly, ahead of the last segment's frames when they are written directly
+    /// and fewer than half of [`SegmentOptions::preallocate_bytes`] are left ahead of them: the
+    /// committer calls this between group commits ([`BlockingAppend::after_append`]), so that a
+    /// group waits for the disk to take its own frame only. The zeros become durable with the
+    /// next group commit's sync. If the write fails, the frames go on extending the file.
+    fn zeros_ahead_of_direct_writes(&self) {
+        let step = self.options.preallocate_bytes;
+        if step == 0 || !self.options.direct_io || self.failed.load(Ordering::Acquire) {
+            return;
+        }
+        let writer = lock(&self.writer);
+        let Some(direct) = writer.direct.as_ref() else { return };
+        let (end, prepared) = {
+            let index = self.index();
+            match index.segments.last() {
+                Some(seg) if (seg.first, seg.generation) == direct.key => (seg.len, index.prepared),
+                _ => return,
+            }
+        };
+        if prepared.saturating_sub(end) >= step / 2 {
+            return;
+        }
+        // From where the frames' last block ends (what lies beyond it is zeros or nothing), to
+        // a block's end at most `step` past the frames and within the segment.
+        let from = align_up(prepared.max(end));
+        let to = align_down(end.saturating_add(step).min(self.options.max_segment_bytes));
+        if to <= from || write_direct_zeros(direct.file.as_ref(), from, to).is_err() {
+            return;
+        }
+        // Still the same segment: the writer's lock was held throughout.
+        self.index_mut().prepared = to;
     }
 
     /// Whether the last segment (`key`, ending at `end`) is written directly: its direct handle
@@ -1397,6 +1455,13 @@ mod tests {
         SegmentStorage::open_blocking(Arc::new(fs.clone()), SegmentOptions::default())
     }
 
+    fn open_direct(fs: &FaultyFileSystem) -> Result<SegmentStorage> {
+        SegmentStorage::open_blocking(
+            Arc::new(fs.clone()),
+            SegmentOptions { direct_io: true, ..SegmentOptions::default() },
+        )
+    }
+
     #[test]
     fn an_unknown_format_version_is_refused_by_name() {
         let fs = FaultyFileSystem::new();
@@ -1451,8 +1516,11 @@ mod tests {
                 ..SegmentOptions::default()
             };
             let storage = SegmentStorage::open_blocking(Arc::new(fs.clone()), options.clone()).unwrap();
+            // As the committer appends: zeros ahead of direct writes are written in between.
+            let appender = storage.blocking_appender().unwrap();
             for i in 0..300u32 {
-                append_entry(&storage, 100, i as u8);
+                appender.append_blocking(&[Bytes::from(vec![i as u8; 100])]).unwrap();
+                appender.after_append();
             }
             let (ends, prepared): (Vec<(String, u64)>, u64) = {
                 let index = storage.shared.index();
@@ -1466,11 +1534,7 @@ mod tests {
                     assert_eq!(file, *len, "a full segment ends with its frames");
                 } else {
                     assert_eq!(file, prepared, "{name}");
-                    if direct_io {
-                        assert_eq!(file, align_up(*len), "direct writes end at a block's end, no further");
-                    } else {
-                        assert!(file > *len, "the last segment has zeros ahead of its frames");
-                    }
+                    assert!(file > *len, "the last segment has zeros ahead of its frames");
                     assert!(fs.read_file(name).unwrap()[*len as usize..].iter().all(|&b| b == 0));
                 }
             }
@@ -1517,10 +1581,49 @@ mod tests {
     }
 
     #[test]
+    fn zeros_ahead_of_direct_writes_are_written_between_group_commits() {
+        let fs = FaultyFileSystem::new();
+        let options =
+            SegmentOptions { preallocate_bytes: 64 << 10, direct_io: true, ..SegmentOptions::default() };
+        let storage = SegmentStorage::open_blocking(Arc::new(fs.clone()), options.clone()).unwrap();
+        let appender = storage.blocking_appender().unwrap();
+        let name = segment_name(0);
+        let file_len = || fs.read_file(&name).unwrap().len() as u64;
+        appender.append_blocking(&[Bytes::from(vec![1u8; 100])]).unwrap();
+        // The group commit wrote its block only.
+        assert_eq!(file_len(), 4096);
+        assert_eq!(fs.direct_writes(&name), 1);
+        appender.after_append();
+        // Then zeros, directly, to 64 KiB past the frames (rounded down to a block).
+        let len = segment_ends(&storage)[0].1;
+        assert_eq!(file_len(), align_down(len + (64 << 10)));
+        assert_eq!(fs.direct_writes(&name), 2);
+        assert!(fs.read_file(&name).unwrap()[len as usize..].iter().all(|&b| b == 0));
+        // More than half of them are still ahead: nothing more is written in between.
+        appender.append_blocking(&[Bytes::from(vec![2u8; 10_000])]).unwrap();
+        appender.after_append();
+        assert_eq!(fs.direct_writes(&name), 3);
+        // Frames written into the zeros do not move the file's end until few are left.
+        appender.append_blocking(&[Bytes::from(vec![3u8; 30_000])]).unwrap();
+        let before = file_len();
+        appender.after_append();
+        let len = segment_ends(&storage)[0].1;
+        assert!(file_len() > before && file_len() == align_down(len + (64 << 10)), "{} {len}", file_len());
+        // Unsynced zeros lost in a crash are no loss; every acknowledged entry is there.
+        let fs = fs.crash(CrashMode::DropUnsynced);
+        let storage = SegmentStorage::open_blocking(Arc::new(fs.clone()), options).unwrap();
+        let entries = all_entries(&storage);
+        assert_eq!(
+            entries.iter().map(|e| (e[0], e.len())).collect::<Vec<_>>(),
+            [(1, 100), (2, 10_000), (3, 30_000)]
+        );
+    }
+
+    #[test]
     fn a_direct_write_torn_in_a_crash_keeps_the_frames_of_its_first_block() {
         for fraction_per_mille in [0, 1, 300, 999] {
             let fs = FaultyFileSystem::new();
-            let storage = open(&fs).unwrap();
+            let storage = open_direct(&fs).unwrap();
             let sizes = append_uneven(&storage, 30);
             // The next group commit writes, but its sync fails: not acknowledged.
             fs.fail_syncs(true);
@@ -1529,7 +1632,7 @@ mod tests {
             // Its write (from the block where the log ended) is torn in the crash.
             let fs = fs.crash(CrashMode::Tear { keep: 0, fraction_per_mille });
             fs.fail_syncs(false);
-            let storage = open(&fs).unwrap();
+            let storage = open_direct(&fs).unwrap();
             let entries = all_entries(&storage);
             for (i, (entry, size)) in entries.iter().zip(&sizes).enumerate() {
                 assert!(entry.len() == *size && entry.iter().all(|&b| b == i as u8), "entry {i}");
@@ -1551,12 +1654,12 @@ mod tests {
     fn without_direct_io_in_the_file_system_frames_go_through_the_page_cache() {
         let fs = FaultyFileSystem::new();
         fs.refuse_direct_io(true);
-        let storage = open(&fs).unwrap();
+        let storage = open_direct(&fs).unwrap();
         append_uneven(&storage, 20);
         let ends = segment_ends(&storage);
         assert!(ends.iter().all(|(name, _)| fs.direct_writes(name) == 0));
         drop(storage);
-        assert_eq!(all_entries(&open(&fs).unwrap()).len(), 20);
+        assert_eq!(all_entries(&open_direct(&fs).unwrap()).len(), 20);
     }
 
     const MIB: u64 = 1 << 20;
@@ -1641,7 +1744,8 @@ mod tests {
         // Direct I/O where the file system of the temporary directory has it.
         let dir = tempfile::tempdir().unwrap();
         let open = || {
-            let options = SegmentOptions { max_segment_bytes: MIB, ..SegmentOptions::default() };
+            let options =
+                SegmentOptions { max_segment_bytes: MIB, direct_io: true, ..SegmentOptions::default() };
             let fs = crate::fs::OsFileSystem::new(dir.path()).unwrap();
             SegmentStorage::open_blocking(Arc::new(fs), options).unwrap()
         };
