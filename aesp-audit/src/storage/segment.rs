@@ -785,27 +785,15 @@ impl SegmentStorage {
 #[repr(C, align(4096))]
 struct AlignedZeros([u8; 1 << 20]);
 
-static DIRECT_ZEROS: AlignedZeros = AlignedZeros([0; 1 << 20]);
+static ZEROS: AlignedZeros = AlignedZeros([0; 1 << 20]);
 
-/// Writes zeros over `from..to` of a file opened for direct writes, a megabyte a write; `from`
-/// and `to` are multiples of [`DIRECT_IO_ALIGN`].
-fn write_direct_zeros(file: &dyn FileHandle, from: u64, to: u64) -> std::io::Result<()> {
-    let mut at = from;
-    while at < to {
-        let n = usize::try_from(to - at).unwrap_or(usize::MAX).min(DIRECT_ZEROS.0.len());
-        file.write_all_at(DIRECT_ZEROS.0.get(..n).unwrap_or_default(), at)?;
-        at = at.saturating_add(n as u64);
-    }
-    Ok(())
-}
-
-/// Writes zeros over `from..to` of `file` (nothing when `to <= from`).
+/// Writes zeros over `from..to` of `file` (nothing when `to <= from`), a megabyte a write; each
+/// write is aligned for direct I/O ([`DIRECT_IO_ALIGN`]) when `from` and `to` are.
 fn write_zeros(file: &dyn FileHandle, from: u64, to: u64) -> std::io::Result<()> {
-    static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
     let mut at = from;
     while at < to {
-        let n = usize::try_from(to - at).unwrap_or(usize::MAX).min(ZEROS.len());
-        file.write_all_at(ZEROS.get(..n).unwrap_or_default(), at)?;
+        let n = usize::try_from(to - at).unwrap_or(usize::MAX).min(ZEROS.0.len());
+        file.write_all_at(ZEROS.0.get(..n).unwrap_or_default(), at)?;
         at = at.saturating_add(n as u64);
     }
     Ok(())
@@ -1026,7 +1014,7 @@ impl Shared {
         // a block's end at most `step` past the frames and within the segment.
         let from = align_up(prepared.max(end));
         let to = align_down(end.saturating_add(step).min(self.options.max_segment_bytes));
-        if to <= from || write_direct_zeros(direct.file.as_ref(), from, to).is_err() {
+        if to <= from || write_zeros(direct.file.as_ref(), from, to).is_err() {
             return;
         }
         // Still the same segment: the writer's lock was held throughout.
