@@ -843,7 +843,7 @@ impl Shared {
                 self.options.max_frame_bytes
             )));
         }
-        if entries.iter().any(|e| u32::try_from(e.len()).is_ok_and(|l| l >= PRUNED_FLAG)) {
+        if entries.iter().any(|e| !u32::try_from(e.len()).is_ok_and(|l| l < PRUNED_FLAG)) {
             return Err(Error::invalid_argument("entry too large"));
         }
         let mut writer = lock(&self.writer);
